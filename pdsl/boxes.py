@@ -1,0 +1,29 @@
+"""NumPy box helpers. Boxes are ``float32 [N, 4]`` x1y1x2y2 in pixels, x2/y2 exclusive-ish
+(continuous coordinates, as torchvision uses): width = x2 - x1."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def box_area(b: np.ndarray) -> np.ndarray:
+    return np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix ``float32 [len(a), len(b)]``; zero-area boxes give IoU 0."""
+    a = np.asarray(a, dtype=np.float32).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float32).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = box_area(a)[:, None] + box_area(b)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0).astype(np.float32)
+
+
+def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
+    """Tight x1y1x2y2 box of a binary mask ``[H, W]`` (x2 = last column + 1), or None if empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return None
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float32)

@@ -1,0 +1,1 @@
+"""The offline cue cache: proposals and GrabCut seed masks in HDF5 (``store`` is the contract)."""

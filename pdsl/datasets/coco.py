@@ -1,0 +1,115 @@
+"""COCO instances json -> manifest.
+
+``root/annotations/instances_<split>.json`` with images in ``root/<split>/`` (``train2017``,
+``val2017``, ``train2014``, ``val2014``; ``file_name`` is relative to that folder). Annotations are
+kept as they are (polygons, RLE and crowd regions all work with pycocotools); each image gets
+``labels`` = the sorted category ids of all its annotations, crowd ones included.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .masks import choose_subset, progress_iter
+
+
+def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
+                 check_files: bool = True, num_images: int | None = None, seed: int = 0) -> dict:
+    """Convert a COCO split to a manifest dict (not yet saved).
+
+    ``check_files`` verifies that every listed image file exists (a stat per image);
+    ``num_images`` keeps a seeded random subset of the images and their annotations.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"COCO root {root}: directory not found")
+    root = root.resolve()
+    ann_path = root / "annotations" / f"instances_{split}.json"
+    if not ann_path.is_file():
+        raise DataError(f"COCO split {split!r}: annotation file {ann_path} not found")
+    image_dir = root / split
+    if not image_dir.is_dir():
+        raise DataError(f"COCO split {split!r}: image folder {image_dir} not found")
+    try:
+        with open(ann_path) as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DataError(f"COCO annotation file {ann_path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"COCO annotation file {ann_path}: cannot read ({e.strerror})") from None
+    if not isinstance(d, dict):
+        raise DataError(f"COCO annotation file {ann_path}: top level must be a JSON object")
+    for key in ("images", "categories"):
+        if not isinstance(d.get(key), list):
+            raise DataError(f"COCO annotation file {ann_path}: missing list '{key}'")
+    anns = d.get("annotations") or []
+    if not isinstance(anns, list):
+        raise DataError(f"COCO annotation file {ann_path}: 'annotations' must be a list")
+
+    cat_ids = set()
+    for i, c in enumerate(d["categories"]):
+        if not isinstance(c, dict) or "id" not in c or "name" not in c:
+            raise DataError(f"COCO annotation file {ann_path}: categories[{i}] needs 'id' and "
+                            "'name'")
+        cat_ids.add(c["id"])
+
+    images, labels = [], {}
+    for i, img in enumerate(d["images"]):
+        if not isinstance(img, dict):
+            raise DataError(f"COCO annotation file {ann_path}: images[{i}] is not an object")
+        for key in ("id", "file_name", "height", "width"):
+            if key not in img:
+                raise DataError(f"COCO annotation file {ann_path}: image {img.get('id', i)} "
+                                f"({img.get('file_name', '?')}) has no '{key}'")
+        if img["id"] in labels:
+            raise DataError(f"COCO annotation file {ann_path}: duplicate image id {img['id']}")
+        labels[img["id"]] = set()
+        images.append(img)
+
+    for j, a in enumerate(anns):
+        try:
+            iid, cid = a["image_id"], a["category_id"]
+        except (KeyError, TypeError):
+            raise DataError(f"COCO annotation file {ann_path}: annotations[{j}] needs "
+                            "'image_id' and 'category_id'") from None
+        if iid not in labels:
+            raise DataError(f"COCO annotation file {ann_path}: annotation {a.get('id', j)} "
+                            f"refers to unknown image id {iid}")
+        if cid not in cat_ids:
+            raise DataError(f"COCO annotation file {ann_path}: annotation {a.get('id', j)} "
+                            f"(image {iid}) has unknown category id {cid}")
+        labels[iid].add(cid)
+
+    n_listed = len(images)
+    if num_images is not None and num_images < n_listed:
+        images = [images[i] for i in choose_subset(n_listed, num_images, seed)]
+        kept = {img["id"] for img in images}
+        anns = [a for a in anns if a["image_id"] in kept]
+
+    if check_files:
+        missing = [img for img in progress_iter(iter(images), len(images), f"coco {split} files",
+                                                enabled=progress and len(images) > 5000)
+                   if not (image_dir / img["file_name"]).is_file()]
+        if missing:
+            m = missing[0]
+            raise DataError(f"COCO split {split!r}: image {m['id']} file "
+                            f"{image_dir / m['file_name']} not found"
+                            + (f" (and {len(missing) - 1} more missing)" if len(missing) > 1
+                               else ""))
+
+    for img in images:
+        img["labels"] = sorted(labels[img["id"]])
+    n_crowd = sum(1 for a in anns if a.get("iscrowd", 0))
+    notes = []
+    if len(images) < n_listed:
+        notes.append(f"{n_listed - len(images)} of {n_listed} listed images left out "
+                     f"(num_images={num_images}, seed={seed})")
+    if n_crowd:
+        notes.append(f"{n_crowd} crowd annotations kept (they count toward image labels)")
+    info = {"dataset": "coco", "split": split, "format": "coco", "image_root": str(image_dir),
+            "source_annotations": str(ann_path), "notes": notes}
+    if isinstance(d.get("info"), dict):
+        info["coco_info"] = d["info"]
+    return {"info": info, "images": images, "categories": d["categories"], "annotations": anns}

@@ -1,0 +1,67 @@
+"""Small I/O helpers shared by every stage: atomic writes, content hashes, image reading."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A killed or failed run therefore never leaves a half-written file under the final name.
+    The temp name starts with ``.`` and ends with ``.tmp`` so that nothing mistakes it for output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json_atomic(obj, path: str | os.PathLike, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=indent)
+
+
+def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex SHA-1 of a file's bytes (the cache uses it to detect changed images)."""
+    h = hashlib.sha1()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    return h.hexdigest()
+
+
+def read_image(path: str | os.PathLike, image_id=None) -> np.ndarray:
+    """Read an image as ``uint8 [H, W, 3]`` BGR (OpenCV order). One clear error if it cannot."""
+    import cv2
+
+    who = f"image {image_id} ({path})" if image_id is not None else f"image {path}"
+    if not os.path.isfile(path):
+        raise DataError(f"{who}: file not found")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise DataError(f"{who}: not a readable image (corrupt or unsupported format)")
+    return img

@@ -1,0 +1,189 @@
+"""Backbones: images ``[B, 3, H, W]`` (normalised, resized-image frame) → one feature map at
+stride 16 ``[B, out_channels, ceil(H/16), ceil(W/16)]`` (the RoIPool/RoIAlign input, spatial
+scale 1/16).
+
+* ``resnet18`` / ``resnet50`` / ``resnet101``: torchvision ResNets in the DC5 layout (res5 keeps
+  stride 16 and uses dilation 2), output = C5. ResNet-18's BasicBlock rejects torchvision's
+  ``replace_stride_with_dilation``, so its res5 is dilated by hand with the same layout
+  (first block stride 1, later blocks dilation 2).
+* ``resnet18_trunc``: ResNet-18 stem + layer1..layer3 (C4, 256 channels, stride 16); standard
+  widths, so ImageNet weights load. The fast CPU choice with pretrained weights.
+* ``tiny``: a 5-layer plain CNN (GroupNorm, 128 channels, stride 16) for from-scratch CPU runs.
+
+BatchNorm is frozen (``FrozenBatchNorm2d``) by default: the paper trains with 1 image per GPU.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+import torchvision
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from pdsl.errors import ConfigError
+
+BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet18_trunc", "tiny")
+_TV = {  # name -> (constructor, weights enum name)
+    "resnet18": ("resnet18", "ResNet18_Weights"),
+    "resnet18_trunc": ("resnet18", "ResNet18_Weights"),
+    "resnet50": ("resnet50", "ResNet50_Weights"),
+    "resnet101": ("resnet101", "ResNet101_Weights"),
+}
+_RESNET_PARTS = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without ``avgpool``/``fc`` (and without ``layer4`` when truncated).
+    Parameter names equal torchvision's, so a torchvision state dict loads directly."""
+
+    def __init__(self, resnet: nn.Module, truncate: bool, out_channels: int):
+        super().__init__()
+        parts = _RESNET_PARTS[:-1] if truncate else _RESNET_PARTS
+        for name in parts:
+            setattr(self, name, getattr(resnet, name))
+        self._parts = parts
+        self.out_channels = out_channels
+        self.stride = 16
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = images
+        for name in self._parts:
+            x = getattr(self, name)(x)
+        return x
+
+
+class TinyBackbone(nn.Module):
+    """Plain CNN for from-scratch CPU training: 4 stride-2 conv3×3 (32, 64, 96, 128) + one
+    stride-1 conv3×3 (128), each GroupNorm(8) + ReLU → stride 16, 128 channels."""
+
+    def __init__(self, width: int = 128):
+        super().__init__()
+        chans = [3, 32, 64, 96, width, width]
+        strides = [2, 2, 2, 2, 1]
+        layers = []
+        for cin, cout, s in zip(chans[:-1], chans[1:], strides):
+            layers += [nn.Conv2d(cin, cout, 3, s, 1, bias=False), nn.GroupNorm(8, cout),
+                       nn.ReLU(inplace=True)]
+        self.body = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.out_channels = width
+        self.stride = 16
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.body(images)
+
+
+def _dilate_res5_basic(resnet: nn.Module) -> None:
+    """DC5 for a BasicBlock ResNet: res5's first block stride 1 (its convs keep dilation 1, as
+    torchvision does for the first dilated block), later blocks dilation 2."""
+    first = resnet.layer4[0]
+    first.conv1.stride = (1, 1)
+    if first.downsample is not None:
+        first.downsample[0].stride = (1, 1)
+    for block in list(resnet.layer4)[1:]:
+        for conv in (block.conv1, block.conv2):
+            conv.dilation, conv.padding = (2, 2), (2, 2)
+
+
+def torchvision_cached_weights(name: str) -> Path:
+    """Path of torchvision's ImageNet checkpoint for ``name`` in the local torch hub cache;
+    ConfigError if it is not there (this machine cannot download)."""
+    ctor, enum_name = _TV[name]
+    weights = getattr(torchvision.models, enum_name).IMAGENET1K_V1
+    fname = os.path.basename(weights.url)
+    path = Path(torch.hub.get_dir()) / "checkpoints" / fname
+    if not path.is_file():
+        raise ConfigError(
+            f"pretrained='torchvision' needs {path} ({ctor} ImageNet weights, {weights.url}), "
+            f"which is not in the torch hub cache, and nothing is downloaded here. Fetch that "
+            f"file on a machine with network access and either copy it to {path} or pass its "
+            f"path as pretrained=/path/to/{fname}.")
+    return path
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> dict:
+    """Load a torchvision-format ResNet state dict (``.pth``) into ``backbone``.
+
+    Accepts a plain state dict or one wrapped under ``state_dict``/``model``; a ``module.`` prefix
+    is stripped; ``fc.*`` (and ``layer4.*`` for a truncated backbone) are ignored. Any other
+    missing or unexpected key, or a shape mismatch, raises ConfigError listing them.
+    Returns ``{"loaded": n, "ignored": [...]}``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pretrained weights file {path} does not exist")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - report any unpickling problem as one line
+        raise ConfigError(f"cannot read pretrained weights {path}: {e}") from e
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict):
+        raise ConfigError(f"{path} holds a {type(sd).__name__}, not a state dict")
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    own = backbone.state_dict()
+    ignore = ("fc.",) + (() if hasattr(backbone, "layer4") else ("layer4.",))
+    ignored = sorted(k for k in sd if k.startswith(ignore))
+    sd = {k: v for k, v in sd.items() if not k.startswith(ignore)}
+    # FrozenBatchNorm2d has no num_batches_tracked; ignore it either way.
+    sd = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    own_keys = {k for k in own if not k.endswith("num_batches_tracked")}
+    missing = sorted(own_keys - set(sd))
+    unexpected = sorted(set(sd) - own_keys)
+    mismatched = sorted(f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in own_keys & set(sd) if sd[k].shape != own[k].shape)
+    if missing or unexpected or mismatched:
+        def show(xs):
+            return ", ".join(xs[:8]) + (f", … ({len(xs)} in all)" if len(xs) > 8 else "") or "-"
+        raise ConfigError(
+            f"pretrained weights {path} do not fit the backbone: missing {show(missing)}; "
+            f"unexpected {show(unexpected)}; shape mismatch {show(mismatched)}. A torchvision "
+            f"ResNet state dict of the same depth is expected.")
+    backbone.load_state_dict(sd, strict=False)
+    return {"loaded": len(sd), "ignored": ignored}
+
+
+def build_backbone(name: str, pretrained: str | os.PathLike | None = None,
+                   frozen_bn: bool = True, freeze_at: int = 0) -> nn.Module:
+    """Build a stride-16 backbone with attribute ``out_channels``.
+
+    Args:
+        name: one of ``BACKBONES``.
+        pretrained: None (random init), ``"torchvision"`` (ImageNet weights from the local torch
+            hub cache; never downloads) or the path of a torchvision ResNet ``.pth`` state dict.
+        frozen_bn: FrozenBatchNorm2d (statistics and affine fixed) instead of BatchNorm2d.
+            Ignored by ``tiny`` (GroupNorm).
+        freeze_at: ResNets only: 0 trains everything, 1 freezes the stem, 2 stem + layer1
+            (detectron2's FREEZE_AT).
+    """
+    if name not in BACKBONES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    if name == "tiny":
+        if pretrained is not None:
+            raise ConfigError("backbone 'tiny' has no pretrained weights; use pretrained=None")
+        return TinyBackbone()
+    ctor, _ = _TV[name]
+    norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
+    kwargs = {"weights": None, "norm_layer": norm}
+    if ctor != "resnet18":
+        kwargs["replace_stride_with_dilation"] = [False, False, True]
+    resnet = getattr(torchvision.models, ctor)(**kwargs)
+    truncate = name == "resnet18_trunc"
+    if ctor == "resnet18" and not truncate:
+        _dilate_res5_basic(resnet)
+    out_channels = 256 if truncate else (512 if ctor == "resnet18" else 2048)
+    backbone = ResNetBackbone(resnet, truncate=truncate, out_channels=out_channels)
+    if pretrained is not None:
+        path = torchvision_cached_weights(name) if pretrained == "torchvision" else pretrained
+        load_backbone_weights(backbone, path)
+    if freeze_at >= 1:
+        for m in (backbone.conv1, backbone.bn1):
+            m.requires_grad_(False)
+    if freeze_at >= 2:
+        backbone.layer1.requires_grad_(False)
+    return backbone

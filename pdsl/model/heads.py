@@ -1,0 +1,126 @@
+"""The heads of PDSL on top of the stride-16 feature map (paper §3.2–3.3, Fig. 2).
+
+All proposal boxes are ``x1y1x2y2`` in pixels of the resized image the network sees; RoIPool /
+RoIAlign map them to the feature map with ``spatial_scale = 1/16``. Proposals of a batch are
+passed as a list (one ``[P_i, 4]`` tensor per image) and the outputs are concatenated in that
+order (``ΣP_i`` rows).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import roi_align, roi_pool
+
+
+class BoxHead(nn.Module):
+    """RoIPool 7×7 → FC → ReLU → dropout → FC → ReLU → dropout (shared by WSDDN and the
+    refinement heads). The paper's VGG-16 uses 4096-d FCs; ``hidden_dim`` defaults to 1024.
+
+    ``score_scaling``: the proposal features are multiplied by ``(proposal score + 1)`` (the
+    authors' code does this with the MCG objectness, so better proposals speak louder).
+    """
+
+    def __init__(self, in_channels: int, hidden_dim: int = 1024, dropout: float = 0.5,
+                 pool_size: int = 7, spatial_scale: float = 1 / 16, score_scaling: bool = True):
+        super().__init__()
+        self.pool_size = pool_size
+        self.spatial_scale = spatial_scale
+        self.score_scaling = score_scaling
+        self.fc6 = nn.Linear(in_channels * pool_size * pool_size, hidden_dim)
+        self.fc7 = nn.Linear(hidden_dim, hidden_dim)
+        self.drop = nn.Dropout(dropout)
+        for fc in (self.fc6, self.fc7):
+            nn.init.kaiming_uniform_(fc.weight, a=1)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, features: Tensor, proposals: list[Tensor],
+                proposal_scores: list[Tensor] | None) -> Tensor:
+        """features [B, Cf, h, w] (feature-map frame), proposals list of [P_i, 4] (resized-image
+        frame), proposal_scores list of [P_i] or None → box features [ΣP_i, hidden_dim]."""
+        x = roi_pool(features, proposals, self.pool_size, self.spatial_scale)
+        x = self.drop(torch.relu(self.fc6(x.flatten(1))))
+        x = self.drop(torch.relu(self.fc7(x)))
+        if self.score_scaling and proposal_scores is not None:
+            x = x * (torch.cat(proposal_scores).to(x.dtype) + 1)[:, None]
+        return x
+
+
+class WSDDNHead(nn.Module):
+    """Two-stream WSDDN [24]: classification stream ``C`` and detection stream ``D`` (both
+    ``[P, n_c]`` logits)."""
+
+    def __init__(self, hidden_dim: int, num_classes: int):
+        super().__init__()
+        self.fc_c = nn.Linear(hidden_dim, num_classes)
+        self.fc_d = nn.Linear(hidden_dim, num_classes)
+        for fc in (self.fc_c, self.fc_d):
+            nn.init.normal_(fc.weight, std=0.01)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, box_features: Tensor, counts: list[int]) -> list[Tensor]:
+        """box_features [ΣP_i, hidden] → per image ``S0 = softmax_c(C) ⊙ softmax_p(D)``
+        ``[P_i, n_c]`` (the softmax over proposals runs within each image)."""
+        c = torch.softmax(self.fc_c(box_features), dim=1)
+        d = self.fc_d(box_features)
+        return [ci * torch.softmax(di, dim=0)
+                for ci, di in zip(c.split(counts), d.split(counts))]
+
+
+def wsddn_image_scores(s0: Tensor) -> Tensor:
+    """``y_c = Σ_p S0_pc`` (sum pooling over proposals): [P, n_c] → [n_c]."""
+    return s0.sum(dim=0)
+
+
+class RefinementHead(nn.Module):
+    """One OICR-style refinement head: ``Linear → n_c + 1`` logits (0 = background) and
+    ``Linear → n_c·4`` class-specific Fast R-CNN deltas (see ``pdsl.losses.encode_box_deltas``)."""
+
+    def __init__(self, hidden_dim: int, num_classes: int):
+        super().__init__()
+        self.cls = nn.Linear(hidden_dim, num_classes + 1)
+        self.bbox = nn.Linear(hidden_dim, num_classes * 4)
+        nn.init.normal_(self.cls.weight, std=0.01)
+        nn.init.normal_(self.bbox.weight, std=0.001)
+        nn.init.zeros_(self.cls.bias)
+        nn.init.zeros_(self.bbox.bias)
+
+    def forward(self, box_features: Tensor) -> tuple[Tensor, Tensor]:
+        """[N, hidden] → (logits [N, n_c+1], deltas [N, n_c*4])."""
+        return self.cls(box_features), self.bbox(box_features)
+
+
+class MaskHead(nn.Module):
+    """RoIAlign 14×14 (sampling 2, aligned) → 4 × (conv3×3 ``mask_dim`` + ReLU) → deconv 2×2
+    stride 2 + ReLU → 1×1 predictors: one class-agnostic channel (``M^0``) and ``n_mask``
+    class-specific heads of ``n_c`` channels each (``M^1..M^{n_m}``), all 28×28 logits in the
+    frame of their proposal box (paper §3.3; the tower is shared, the predictors are not)."""
+
+    def __init__(self, in_channels: int, num_classes: int, n_mask: int, mask_dim: int = 256,
+                 pool_size: int = 14, spatial_scale: float = 1 / 16, sampling_ratio: int = 2):
+        super().__init__()
+        self.pool_size = pool_size
+        self.spatial_scale = spatial_scale
+        self.sampling_ratio = sampling_ratio
+        layers = []
+        cin = in_channels
+        for _ in range(4):
+            layers += [nn.Conv2d(cin, mask_dim, 3, padding=1), nn.ReLU(inplace=True)]
+            cin = mask_dim
+        self.tower = nn.Sequential(*layers)
+        self.deconv = nn.ConvTranspose2d(mask_dim, mask_dim, 2, stride=2)
+        self.agnostic = nn.Conv2d(mask_dim, 1, 1)
+        self.specific = nn.ModuleList(nn.Conv2d(mask_dim, num_classes, 1) for _ in range(n_mask))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        for m in [self.agnostic, *self.specific]:
+            nn.init.normal_(m.weight, std=0.001)
+
+    def forward(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """features [B, Cf, h, w], boxes list of [K_i, 4] (resized-image frame) →
+        (agnostic logits [ΣK_i, 28, 28], [n_mask × logits [ΣK_i, n_c, 28, 28]]), box frame."""
+        x = roi_align(features, boxes, self.pool_size, self.spatial_scale,
+                      sampling_ratio=self.sampling_ratio, aligned=True)
+        x = torch.relu(self.deconv(self.tower(x)))
+        return self.agnostic(x)[:, 0], [head(x) for head in self.specific]
