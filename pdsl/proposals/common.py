@@ -36,13 +36,17 @@ def rank_scores(n: int) -> np.ndarray:
 
 def sanitize_proposals(boxes, scores, height: int, width: int, *, image_id, source,
                        max_proposals: int = DEFAULT_MAX_PROPOSALS, min_size: float = 1.0,
-                       tolerance=DEFAULT_TOLERANCE, return_index: bool = False):
+                       tolerance=DEFAULT_TOLERANCE, dedupe: bool = True,
+                       return_index: bool = False):
     """Validate, clip, dedupe, sort and truncate one image's proposals.
 
     ``tolerance`` is ``(pixels, fraction)``: a box may extend ``pixels + fraction * side`` beyond
     the image border (it is then clipped); further out is a :class:`DataError` because it means a
     wrong convention (swapped x/y, boxes of another or a resized image). A plain number means
     pixels only.
+
+    ``dedupe``: drop exact duplicate boxes (after clipping), keeping the highest-scored one;
+    sources whose proposals carry more than a box (MCG segments) turn it off.
 
     Returns ``(boxes float32 [K,4], scores float32 [K])`` sorted by score descending (stable, so
     ties keep the source's order); with ``return_index=True`` also ``keep int64 [K]``, the
@@ -111,9 +115,10 @@ def sanitize_proposals(boxes, scores, height: int, width: int, *, image_id, sour
     # Highest score first; stable so that ties keep the source's order.
     idx = idx[np.argsort(-s[idx], kind="stable")]
     # Exact duplicates (after clipping): keep the first = highest-scored occurrence.
-    _, first = np.unique(b32[idx], axis=0, return_index=True)
-    if len(first) < len(idx):
-        idx = idx[np.sort(first)]
+    if dedupe:
+        _, first = np.unique(b32[idx], axis=0, return_index=True)
+        if len(first) < len(idx):
+            idx = idx[np.sort(first)]
     idx = idx[:max_proposals]
 
     out_b = np.ascontiguousarray(b32[idx])
@@ -157,10 +162,11 @@ class ProposalSource:
         for manifest image ``img``; ``image`` is the decoded BGR array if the caller has it."""
         raise NotImplementedError
 
-    def _sanitize(self, boxes, scores, img: dict, source, return_index=False):
+    def _sanitize(self, boxes, scores, img: dict, source, return_index=False, dedupe=True):
         return sanitize_proposals(boxes, scores, img["height"], img["width"], image_id=img["id"],
                                   source=source, max_proposals=self.max_proposals,
-                                  min_size=self.min_size, return_index=return_index)
+                                  min_size=self.min_size, dedupe=dedupe,
+                                  return_index=return_index)
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}>"

@@ -296,7 +296,9 @@ class MCGSource(ProposalSource):
             scores = scores[pos] if scores is not None else None
         else:
             pos = None
-        b, s, k = self._sanitize(boxes, scores, img, path, return_index=True)
+        # same box, different segment = different proposal: dedupe only box-only files
+        b, s, k = self._sanitize(boxes, scores, img, path, return_index=True,
+                                 dedupe=not has_seg)
         out = {"boxes": b, "scores": s}
         if has_seg:
             file_idx = k if pos is None else pos[k]

@@ -1,0 +1,32 @@
+# PDSL workflow: `snakemake --cores N` builds the cue cache of every split in the config.
+#
+# Output tree (relative to the repository root; DATA = config "data_dir", default data/):
+#   DATA/<dataset>/<split>.json                          prepare    manifest (COCO json + labels)
+#   DATA/cues/<dataset>/<split>/proposals-I-of-N.h5      proposals  one job per shard
+#   DATA/cues/<dataset>/<split>/seeds-I-of-N.h5          seeds      one job per shard (GrabCut)
+#   DATA/cues/<dataset>/<split>/cues.h5                  merge      the one file the trainer opens
+#   DATA/cues/<dataset>/<split>/{logs,benchmarks}/       per-job logs and Snakemake benchmarks
+#
+# Another dataset or cluster: `snakemake --cores 8 --configfile my.yaml` (see pipeline/config.yaml).
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+configfile: "pipeline/config.yaml"
+
+
+validate(config, "pipeline/schema.yaml")
+
+
+include: "pipeline/rules/common.smk"
+include: "pipeline/rules/prepare.smk"
+include: "pipeline/rules/proposals.smk"
+include: "pipeline/rules/seeds.smk"
+include: "pipeline/rules/merge.smk"
+
+
+rule all:
+    input:
+        all_cues(),
+    default_target: True

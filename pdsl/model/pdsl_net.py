@@ -1,0 +1,288 @@
+"""PDSLNet: backbone + WSDDN + ``n_r`` refinement heads + mask heads + correlation learning
+(paper §3, eq. 1–8; Fig. 2).
+
+Training: ``model.train(); losses = model(images, proposals, proposal_scores, targets)``.
+Inference is three calls, so that masks are only computed for the boxes that survive NMS::
+
+    model.eval()
+    with torch.no_grad():
+        feats = model.backbone(images)                         # [B, Cf, H/16, W/16]
+        dets = model.detect(feats, proposals, proposal_scores)  # per image boxes/scores
+        ...  # per class: NMS on dets[i]["boxes"][:, c], dets[i]["scores"][:, c]
+        probs = model.predict_masks(feats, kept_boxes, kept_labels)  # [ΣK, 28, 28]
+
+``model(images, proposals, proposal_scores)`` in eval mode is ``detect(backbone(images), ...)``.
+
+Frames: ``images`` are the resized (augmented) images; every box in and out (proposals, bank
+boxes, predicted boxes) is x1y1x2y2 in pixels of that resized image. Masks (bank masks, mask
+logits) are ``[M, M]`` in the frame of their own box. The caller maps cached boxes into the
+resized frame and, for a horizontal flip, flips the bank boxes *and* the bank masks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pdsl.errors import ConfigError
+from pdsl.losses import (activation_correlation_loss, decode_box_deltas, instance_activation,
+                         mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
+                         wsddn_mil_loss)
+from pdsl.model.backbone import build_backbone
+from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
+from pdsl.model.seeds import seed_mask_targets, select_seeds
+
+LOSS_KEYS = ("loss_mil", "loss_refine", "loss_mask_agnostic", "loss_mask_specific", "loss_acl")
+
+
+class PDSLNet(nn.Module):
+    """Parallel detection-and-segmentation network.
+
+    Args:
+        num_classes: ``n_c`` foreground classes.
+        backbone, pretrained, frozen_bn, freeze_at: see ``pdsl.model.backbone.build_backbone``.
+        n_refine: ``n_r`` detection refinement heads (eq. 4; 0 = WSDDN only).
+        n_mask: ``n_m`` class-specific mask heads (eq. 5; 0 = class-agnostic head only).
+        n_seed: seed proposals per present class (§3.3).
+        acl: instance-activation correlation loss on (eq. 6–8).
+        tau: ``τ`` of eq. 7.
+        hidden_dim: width of the two box FCs (paper VGG: 4096).
+        mask_dim: channels of the mask tower convs (paper: 256).
+        score_scaling: multiply box features by (proposal score + 1) (authors' code).
+        dropout: after each box FC.
+        mask_per_image: at most this many foreground proposals per image train the mask heads
+            (random sample; speed cap).
+        fg_iou: OICR foreground IoU for the refinement pseudo labels.
+        seed_match_iou: a proposal takes its nearest seed's mask only above this IoU.
+    """
+
+    def __init__(self, num_classes: int, backbone: str = "resnet18_trunc", n_refine: int = 4,
+                 n_mask: int = 4, n_seed: int = 10, acl: bool = True, tau: float = 5.0,
+                 hidden_dim: int = 1024, mask_dim: int = 256, score_scaling: bool = True,
+                 pretrained=None, dropout: float = 0.5, frozen_bn: bool = True,
+                 freeze_at: int = 0, mask_per_image: int = 64, fg_iou: float = 0.5,
+                 seed_match_iou: float = 0.5):
+        super().__init__()
+        for name, v, lo in (("num_classes", num_classes, 1), ("n_refine", n_refine, 0),
+                            ("n_mask", n_mask, 0), ("n_seed", n_seed, 1),
+                            ("hidden_dim", hidden_dim, 1), ("mask_dim", mask_dim, 8),
+                            ("mask_per_image", mask_per_image, 1)):
+            if not isinstance(v, int) or v < lo:
+                raise ConfigError(f"PDSLNet: {name} must be an integer ≥ {lo}, got {v!r}")
+        if mask_dim % 8:
+            raise ConfigError(f"PDSLNet: mask_dim must be a multiple of 8, got {mask_dim}")
+        if not tau > 0:
+            raise ConfigError(f"PDSLNet: tau must be > 0, got {tau!r}")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"PDSLNet: dropout must be in [0, 1), got {dropout!r}")
+        self.num_classes = num_classes
+        self.n_refine, self.n_mask, self.n_seed = n_refine, n_mask, n_seed
+        self.acl, self.tau = bool(acl), float(tau)
+        self.mask_per_image = mask_per_image
+        self.fg_iou, self.seed_match_iou = float(fg_iou), float(seed_match_iou)
+
+        self.backbone = build_backbone(backbone, pretrained=pretrained, frozen_bn=frozen_bn,
+                                       freeze_at=freeze_at)
+        cf = self.backbone.out_channels
+        self.box_head = BoxHead(cf, hidden_dim, dropout, score_scaling=score_scaling)
+        self.wsddn = WSDDNHead(hidden_dim, num_classes)
+        self.refine = nn.ModuleList(RefinementHead(hidden_dim, num_classes)
+                                    for _ in range(n_refine))
+        self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim)
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, images: Tensor, proposals: list[Tensor],
+                proposal_scores: list[Tensor] | None = None, targets: list[dict] | None = None):
+        """
+        Args:
+            images (Tensor[B, 3, H, W]): normalised resized images.
+            proposals (list of B Tensor[P_i, 4]): x1y1x2y2, pixels of the resized image, P_i ≥ 1.
+            proposal_scores (list of B Tensor[P_i] or None): proposal objectness (None = 0).
+            targets (training only; list of B dicts):
+                ``labels`` float [C] multi-hot; ``bank_masks`` float [B_i, M, M] in [0, 1] (or
+                uint8 0..255), each in its bank box frame; ``bank_boxes`` [B_i, 4] resized-image
+                frame; ``proposal_to_bank`` long [P_i]; optional ``bank_valid`` bool [B_i].
+        Returns:
+            training: ``{"loss_mil", "loss_refine", "loss_mask_agnostic", "loss_mask_specific",
+            "loss_acl"}`` scalars, each the mean over the batch of the per-image loss
+            (refine / mask_specific / acl summed over their heads, eq. 4–6).
+            eval: see :meth:`detect`.
+        """
+        self._check_inputs(images, proposals, proposal_scores, targets)
+        proposals = [p.to(images.dtype) for p in proposals]
+        features = self.backbone(images)
+        if self.training:
+            return self._losses(features, proposals, proposal_scores, targets)
+        return self.detect(features, proposals, proposal_scores, image_size=images.shape[-2:])
+
+    # ------------------------------------------------------------------------------------------
+    def _heads(self, features, proposals, proposal_scores):
+        counts = [p.shape[0] for p in proposals]
+        x = self.box_head(features, proposals, proposal_scores)
+        s0 = self.wsddn(x, counts)                                      # B × [P_i, C]
+        refine = []                                                     # n_r × B × (logits, deltas)
+        for head in self.refine:
+            logits, deltas = head(x)
+            refine.append(list(zip(logits.split(counts), deltas.split(counts))))
+        return s0, refine
+
+    def detect(self, features: Tensor, proposals: list[Tensor],
+               proposal_scores: list[Tensor] | None = None, image_size=None) -> list[dict]:
+        """Detection outputs per image (eq. 4: the mean of the refinement heads).
+
+        Returns a list of B dicts:
+            ``boxes`` Tensor[P_i, C, 4]: class-specific boxes, resized-image frame: each head's
+            deltas applied to the proposal, averaged over heads, clipped to ``image_size``
+            (H, W) if given; the proposal itself for every class when n_r = 0.
+            ``scores`` Tensor[P_i, C]: mean of the heads' softmax foreground probabilities
+            (``S^0`` when n_r = 0).
+            ``proposals`` Tensor[P_i, 4]: the input proposals.
+        """
+        s0, refine = self._heads(features, proposals, proposal_scores)
+        C = self.num_classes
+        out = []
+        for i, props in enumerate(proposals):
+            if self.n_refine == 0:
+                scores = s0[i]
+                boxes = props[:, None, :].expand(-1, C, 4).clone()
+            else:
+                scores = torch.stack([torch.softmax(r[i][0], dim=1)[:, 1:] for r in refine]).mean(0)
+                boxes = torch.stack([decode_box_deltas(r[i][1], props) for r in refine]).mean(0)
+                if image_size is not None:
+                    h, w = int(image_size[0]), int(image_size[1])
+                    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
+                    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
+            out.append({"boxes": boxes, "scores": scores, "proposals": props})
+        return out
+
+    def predict_masks(self, features: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+        """Mask probabilities for final detections.
+
+        Args:
+            features (Tensor[B, Cf, h, w]): ``model.backbone(images)``.
+            boxes (list of B Tensor[K_i, 4]): resized-image frame.
+            labels (list of B LongTensor[K_i]): 0-based class index (column of ``scores``).
+        Returns: Tensor[ΣK_i, 28, 28] probabilities in each box's frame: the mean of the
+        class-specific heads at the box's class, or the class-agnostic head when n_m = 0.
+        """
+        if len(boxes) != features.shape[0] or len(labels) != len(boxes):
+            raise ValueError(f"predict_masks: one boxes/labels entry per image expected: "
+                             f"{features.shape[0]} images, {len(boxes)} boxes, {len(labels)} labels")
+        boxes = [b.to(features.dtype) for b in boxes]
+        agnostic, specific = self.mask_head(features, boxes)
+        if self.n_mask == 0:
+            return torch.sigmoid(agnostic)
+        lab = torch.cat(labels).long()
+        idx = torch.arange(lab.numel(), device=lab.device)
+        return torch.stack([torch.sigmoid(s[idx, lab]) for s in specific]).mean(0)
+
+    # ------------------------------------------------------------------------------------------
+    def _losses(self, features, proposals, proposal_scores, targets) -> dict:
+        s0, refine = self._heads(features, proposals, proposal_scores)
+        losses = {k: [] for k in LOSS_KEYS}
+        mask_boxes, mask_info = [], []
+        for i, props in enumerate(proposals):
+            tgt = targets[i]
+            t = tgt["labels"].to(s0[i].dtype)
+            y = wsddn_image_scores(s0[i])
+            losses["loss_mil"].append(wsddn_mil_loss(y, t))
+            # eq. 3–4: each head learns from the previous head's top boxes (head 1 from S0).
+            prev = s0[i].detach()
+            last_probs = None
+            loss_ref = s0[i].sum() * 0  # n_r = 0: no refinement term (eq. 4)
+            cls_t = None
+            for r in refine:
+                logits, deltas = r[i]
+                cls_t, w, reg_t, _ = oicr_pseudo_labels(prev, props, t, self.fg_iou)
+                loss_ref = loss_ref + refinement_loss(logits, deltas, cls_t, w, reg_t)
+                last_probs = torch.softmax(logits, dim=1)
+                prev = last_probs[:, 1:].detach()
+            if cls_t is None:  # n_r = 0: the masks' class assignment comes from S0
+                cls_t = oicr_pseudo_labels(prev, props, t, self.fg_iou)[0]
+            losses["loss_refine"].append(loss_ref)
+
+            # Mask proposals: foreground for the last refinement head (t_p^{n_r} ≥ 1), capped.
+            fg = torch.nonzero(cls_t > 0).flatten()
+            if fg.numel() > self.mask_per_image:
+                fg = fg[torch.randperm(fg.numel(), device=fg.device)[:self.mask_per_image]]
+            cls_fg = cls_t[fg] - 1                                          # 0-based class
+            # â_p = S^{n_r}_{p, t_p} (eq. 7–8); S^0 of that class when n_r = 0.
+            a_hat = (last_probs[fg, cls_fg + 1] if last_probs is not None else s0[i][fg, cls_fg])
+            seeds = select_seeds(prev, props, t, self.n_seed)
+            m_t, m_valid = seed_mask_targets(
+                props, seeds, tgt["bank_masks"], tgt["bank_boxes"].to(props.dtype),
+                tgt["proposal_to_bank"], self.seed_match_iou, tgt.get("bank_valid"),
+                query_idx=fg)
+            mask_boxes.append(props[fg])
+            mask_info.append((cls_fg, m_t, m_valid, y.detach()[cls_fg], a_hat))
+
+        # One mask-head call for the whole batch (also when no image has a foreground proposal,
+        # so that every parameter takes part in the graph).
+        agnostic, specific = self.mask_head(features, mask_boxes)
+        counts = [b.shape[0] for b in mask_boxes]
+        agnostic = agnostic.split(counts)
+        specific = [s.split(counts) for s in specific]
+        for i, (cls_fg, m_t, m_valid, w_y, a_hat) in enumerate(mask_info):
+            idx = torch.arange(cls_fg.numel(), device=cls_fg.device)
+            spec_i = [s[i][idx, cls_fg] for s in specific]                # n_m × [K, 28, 28]
+            l_ag, l_sp = mask_self_training_loss(agnostic[i], m_t, m_valid, spec_i, w_y)
+            losses["loss_mask_agnostic"].append(l_ag)
+            losses["loss_mask_specific"].append(l_sp)
+            # eq. 6–8: one ACL term per class-specific head; none when n_m = 0 or ACL is off.
+            l_acl = agnostic[i].sum() * 0
+            if self.acl:
+                for logits_m in spec_i:
+                    a = instance_activation(torch.sigmoid(logits_m), self.tau)
+                    l_acl = l_acl + activation_correlation_loss(a, a_hat)
+            losses["loss_acl"].append(l_acl)
+        return {k: torch.stack(v).mean() for k, v in losses.items()}
+
+    # ------------------------------------------------------------------------------------------
+    def _check_inputs(self, images, proposals, proposal_scores, targets) -> None:
+        if not (torch.is_tensor(images) and images.dim() == 4 and images.shape[1] == 3
+                and images.is_floating_point()):
+            raise ValueError(f"PDSLNet: images must be float [B, 3, H, W], got "
+                             f"{getattr(images, 'shape', type(images))} "
+                             f"{getattr(images, 'dtype', '')}")
+        B = images.shape[0]
+        if len(proposals) != B:
+            raise ValueError(f"PDSLNet: {B} images but {len(proposals)} proposal tensors")
+        for i, p in enumerate(proposals):
+            if p.dim() != 2 or p.shape[1] != 4 or p.shape[0] == 0:
+                raise ValueError(f"PDSLNet: proposals[{i}] must be [P ≥ 1, 4], got {tuple(p.shape)}")
+        if proposal_scores is not None:
+            if len(proposal_scores) != B:
+                raise ValueError(f"PDSLNet: {B} images but {len(proposal_scores)} score tensors")
+            for i, (p, s) in enumerate(zip(proposals, proposal_scores)):
+                if s.shape != (p.shape[0],):
+                    raise ValueError(f"PDSLNet: proposal_scores[{i}] must be [{p.shape[0]}], got "
+                                     f"{tuple(s.shape)}")
+        if not self.training:
+            return
+        if targets is None or len(targets) != B:
+            raise ValueError(f"PDSLNet: training needs one target dict per image ({B}), got "
+                             f"{None if targets is None else len(targets)}")
+        C = self.num_classes
+        for i, (p, t) in enumerate(zip(proposals, targets)):
+            missing = {"labels", "bank_masks", "bank_boxes", "proposal_to_bank"} - set(t)
+            if missing:
+                raise ValueError(f"PDSLNet: targets[{i}] lacks {sorted(missing)}")
+            nb = t["bank_masks"].shape[0] if t["bank_masks"].dim() == 3 else -1
+            bad = []
+            if t["labels"].shape != (C,):
+                bad.append(f"labels {tuple(t['labels'].shape)} (want [{C}])")
+            if t["bank_masks"].dim() != 3 or t["bank_masks"].shape[1] != t["bank_masks"].shape[2]:
+                bad.append(f"bank_masks {tuple(t['bank_masks'].shape)} (want [B, M, M])")
+            if t["bank_boxes"].shape != (nb, 4):
+                bad.append(f"bank_boxes {tuple(t['bank_boxes'].shape)} (want [{nb}, 4])")
+            ptb = t["proposal_to_bank"]
+            if ptb.shape != (p.shape[0],) or ptb.is_floating_point():
+                bad.append(f"proposal_to_bank {tuple(ptb.shape)} {ptb.dtype} "
+                           f"(want long [{p.shape[0]}])")
+            elif ptb.numel() and (int(ptb.min()) < 0 or int(ptb.max()) >= nb):
+                bad.append(f"proposal_to_bank values in [{int(ptb.min())}, {int(ptb.max())}] "
+                           f"outside the bank [0, {nb})")
+            bv = t.get("bank_valid")
+            if bv is not None and (bv.shape != (nb,) or bv.dtype != torch.bool):
+                bad.append(f"bank_valid {tuple(bv.shape)} {bv.dtype} (want bool [{nb}])")
+            if bad:
+                raise ValueError(f"PDSLNet: targets[{i}]: " + "; ".join(bad))

@@ -1,0 +1,47 @@
+# Helpers shared by the rules: paths and command-line arguments derived from the validated config.
+
+import sys
+
+PYTHON = sys.executable  # the interpreter running snakemake, so rules use the same environment
+DATA = config.get("data_dir", "data")
+DATASET = config["dataset"]
+SHARDS = [f"{i + 1}-of-{config['shards']}" for i in range(config["shards"])]
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    split=r"[A-Za-z0-9_.-]+",
+    shard=r"\d+-of-\d+",
+
+
+def all_cues():
+    return expand(f"{DATA}/cues/{{dataset}}/{{split}}/cues.h5", dataset=DATASET,
+                  split=config["splits"])
+
+
+def cue_dir(wildcards):
+    return f"{DATA}/cues/{wildcards.dataset}/{wildcards.split}"
+
+
+def prepare_args(wildcards):
+    """cli.py prepare-data options for one split, from the `prepare` section of the config."""
+    p = config["prepare"]
+    args = [f"--format {p['format']}", f"--split {wildcards.split}"]
+    if p["format"] == "synthetic":
+        args += [f"--num-images {p['num_images'][wildcards.split]}", f"--seed {p.get('seed', 0)}"]
+    for key, opt in (("root", "--root"), ("sbd", "--sbd"), ("labels_csv", "--labels")):
+        if p.get(key):
+            args.append(f"{opt} '{p[key]}'")
+    return " ".join(args)
+
+
+def seed_args(wildcards):
+    """cli.py seeds-shard options from the `seeds` section of the config."""
+    return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.get("seeds", {}).items())
+
+
+def shard_files(kind):
+    def files(wildcards):
+        return [f"{cue_dir(wildcards)}/{kind}-{s}.h5" for s in SHARDS]
+
+    return files
