@@ -549,6 +549,16 @@ def test_prepare_data_bad_args(tmp_path):
         prepare_data("coco", tmp_path / "o", "val2017")
     with pytest.raises(DataError, match="directory not found"):
         prepare_data("folder", tmp_path / "o", "train", root=tmp_path / "nope")
+    with pytest.raises(DataError, match="--num-images is required"):
+        prepare_data("synthetic", tmp_path / "o", "train")
     with pytest.raises(DataError, match="--sbd only applies"):
         prepare_data("coco", tmp_path / "o", "val2017", root=tmp_path, sbd=tmp_path)
     assert not (tmp_path / "o").exists()
+
+
+def test_prepare_data_synthetic_dispatch(tmp_path, capsys):
+    pytest.importorskip("pdsl.datasets.synthetic")
+    m = prepare_data("synthetic", tmp_path / "syn", "val", num_images=2, seed=0)
+    assert m.path == tmp_path / "syn" / "val.json" and len(m.images) == 2
+    assert m.image_path(m.images[0]).is_file()
+    assert "prepared synthetic val (synthetic): 2 images" in capsys.readouterr().out

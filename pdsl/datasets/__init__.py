@@ -13,7 +13,6 @@ dicts without writing anything; ``prepare_data`` saves atomically and prints one
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from ..errors import DataError
@@ -49,9 +48,10 @@ def prepare_data(fmt: str, out: str | os.PathLike, split: str, root=None, sbd=No
                  n_jobs: int = 1, progress: bool = True):
     """Convert a dataset split to a manifest and write it; return the loaded ``Manifest``.
 
-    ``out`` is the manifest path (``*.json``) or a folder (the manifest is ``<out>/<split>.json``);
-    for ``synthetic`` it is handed to the generator as is. ``num_images`` keeps a seeded random
-    subset of a real dataset's split (for quick runs) and is the image count for ``synthetic``.
+    ``out`` is the manifest path (``*.json``) or a folder (the manifest is ``<out>/<split>.json``;
+    synthetic images then go to ``<out>/images/<split>/``). ``num_images`` keeps a seeded random
+    subset of a real dataset's split (for quick runs) and is the (required) image count for
+    ``synthetic``. ``n_jobs`` parallelises the VOC conversion with joblib.
     """
     fmt = (fmt or "").lower()
     if fmt not in FORMATS:
@@ -64,9 +64,15 @@ def prepare_data(fmt: str, out: str | os.PathLike, split: str, root=None, sbd=No
         raise DataError(f"prepare-data {fmt}: --num-images must be positive, got {num_images}")
 
     if fmt == "synthetic":
+        if num_images is None:
+            raise DataError("prepare-data synthetic: --num-images is required (how many images "
+                            "to generate)")
         from .synthetic import generate
 
-        return generate(out, split, num_images, seed)
+        path = manifest_path(out, split)
+        m = generate(path, split, int(num_images), seed)
+        print(f"{summarize(m.to_dict())} -> {path}", flush=True)
+        return m
 
     if root is None:
         hint = {"voc": "the VOC2012 or VOCdevkit folder", "coco": "the COCO folder with "

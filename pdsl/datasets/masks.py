@@ -158,7 +158,7 @@ def mask_annotation(mask: np.ndarray, image_id: int, category_id: int) -> dict:
 
 
 def instances_from_map(inst_map: np.ndarray, ignore=(0, 255)):
-    """Yield ``(instance_value, binary_mask)`` for each value of an instance map except ``ignore``."""
+    """Yield ``(value, binary_mask)`` for each value of an instance map not in ``ignore``."""
     values = np.unique(inst_map)
     for v in values:
         if int(v) in ignore:
