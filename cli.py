@@ -93,10 +93,8 @@ def prepare_data(fmt, root, sbd, labels_csv, split, num_images, seed, out):
     """
     from pdsl.datasets import prepare_data as run
 
-    m = run(fmt, out, split, root=root, sbd=sbd, labels_csv=labels_csv, num_images=num_images,
-            seed=seed)
-    click.echo(f"prepare-data: wrote {out}: {len(m.images)} images, {m.num_classes} classes, "
-               f"{len(m.annotations)} GT instances", err=True)
+    run(fmt, out, split, root=root, sbd=sbd, labels_csv=labels_csv, num_images=num_images,
+        seed=seed)
 
 
 @cli.command("cache-cues")

@@ -246,3 +246,21 @@ def test_builtin_downscale_maps_back():
     w = sliding_windows(96, 128)
     assert (w[:, 2] <= 128).all() and (w[:, 3] <= 96).all() and len(w) < 200
     assert has_ximgproc() in (True, False)
+
+
+def test_builtin_is_deterministic():
+    """Selective search ranks by libc rand(); the source seeds it, so repeated calls agree."""
+    import cv2
+
+    from pdsl.proposals import make_source
+
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3)).astype(np.uint8), (9, 9), 0)
+    cv2.rectangle(img, (30, 20), (90, 70), (0, 0, 255), -1)
+    src = make_source("builtin")
+    meta = {"id": 1, "file_name": "x.png", "height": 96, "width": 128}
+    a = src.get(meta, "x.png", image=img)
+    rng.integers(0, 10, 5)  # unrelated randomness in between
+    b = src.get(meta, "x.png", image=img)
+    np.testing.assert_array_equal(a["boxes"], b["boxes"])
+    np.testing.assert_array_equal(a["scores"], b["scores"])

@@ -96,9 +96,14 @@ def _status(m: np.ndarray, p: SeedParams) -> int:
 
 
 def _run_grabcut(img: np.ndarray, rect, iterations: int) -> np.ndarray:
-    """cv2.grabCut with rectangle init; returns float32 {0,1} foreground (FGD or PR_FGD)."""
+    """cv2.grabCut with rectangle init; returns float32 {0,1} foreground (FGD or PR_FGD).
+
+    GrabCut's k-means initialisation draws from OpenCV's global RNG, so the RNG is reset before
+    every call: a mask depends only on (image, rect, iterations), not on what ran before it in the
+    process (a resumed or re-sharded cache is bit-identical)."""
     import cv2
 
+    cv2.setRNGSeed(0)
     mask = np.zeros(img.shape[:2], np.uint8)
     bgd = np.zeros((1, 65), np.float64)
     fgd = np.zeros((1, 65), np.float64)

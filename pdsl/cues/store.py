@@ -73,7 +73,7 @@ class ImageCues:
 
 
 def _json_attr(value) -> str:
-    return json.dumps(value, sort_keys=True)
+    return json.dumps(value, sort_keys=True, default=lambda o: o.item() if hasattr(o, "item") else str(o))
 
 
 class CueWriter:
@@ -112,6 +112,8 @@ class CueWriter:
         f.attrs["kind"] = self.kind
         f.attrs["mask_size"] = M
         for k, v in self.meta.items():
+            if isinstance(v, np.generic):
+                v = v.item()
             f.attrs[k] = v if isinstance(v, (str, int, float)) else _json_attr(v)
         f.create_dataset("proposals/boxes", (0, 4), np.float32, maxshape=(None, 4), chunks=(4096, 4))
         f.create_dataset("proposals/scores", (0,), np.float32, maxshape=(None,), chunks=(4096,))

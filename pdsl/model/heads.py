@@ -16,8 +16,9 @@ class BoxHead(nn.Module):
     """RoIPool 7×7 → FC → ReLU → dropout → FC → ReLU → dropout (shared by WSDDN and the
     refinement heads). The paper's VGG-16 uses 4096-d FCs; ``hidden_dim`` defaults to 1024.
 
-    ``score_scaling``: the proposal features are multiplied by ``(proposal score + 1)`` (the
-    authors' code does this with the MCG objectness, so better proposals speak louder).
+    ``score_scaling``: the pooled RoI features are multiplied by ``(proposal score + 1)`` before
+    the FCs (the authors' code, ``roi_heads_pdsl.py``, does this with the proposal objectness, so
+    better proposals speak louder).
     """
 
     def __init__(self, in_channels: int, hidden_dim: int = 1024, dropout: float = 0.5,
@@ -37,12 +38,11 @@ class BoxHead(nn.Module):
                 proposal_scores: list[Tensor] | None) -> Tensor:
         """features [B, Cf, h, w] (feature-map frame), proposals list of [P_i, 4] (resized-image
         frame), proposal_scores list of [P_i] or None → box features [ΣP_i, hidden_dim]."""
-        x = roi_pool(features, proposals, self.pool_size, self.spatial_scale)
-        x = self.drop(torch.relu(self.fc6(x.flatten(1))))
-        x = self.drop(torch.relu(self.fc7(x)))
+        x = roi_pool(features, proposals, self.pool_size, self.spatial_scale).flatten(1)
         if self.score_scaling and proposal_scores is not None:
             x = x * (torch.cat(proposal_scores).to(x.dtype) + 1)[:, None]
-        return x
+        x = self.drop(torch.relu(self.fc6(x)))
+        return self.drop(torch.relu(self.fc7(x)))
 
 
 class WSDDNHead(nn.Module):

@@ -64,12 +64,10 @@ class PDSLNet(nn.Module):
         super().__init__()
         for name, v, lo in (("num_classes", num_classes, 1), ("n_refine", n_refine, 0),
                             ("n_mask", n_mask, 0), ("n_seed", n_seed, 1),
-                            ("hidden_dim", hidden_dim, 1), ("mask_dim", mask_dim, 8),
+                            ("hidden_dim", hidden_dim, 1), ("mask_dim", mask_dim, 1),
                             ("mask_per_image", mask_per_image, 1)):
             if not isinstance(v, int) or v < lo:
                 raise ConfigError(f"PDSLNet: {name} must be an integer ≥ {lo}, got {v!r}")
-        if mask_dim % 8:
-            raise ConfigError(f"PDSLNet: mask_dim must be a multiple of 8, got {mask_dim}")
         if not tau > 0:
             raise ConfigError(f"PDSLNet: tau must be > 0, got {tau!r}")
         if not 0 <= dropout < 1:
@@ -161,19 +159,21 @@ class PDSLNet(nn.Module):
             features (Tensor[B, Cf, h, w]): ``model.backbone(images)``.
             boxes (list of B Tensor[K_i, 4]): resized-image frame.
             labels (list of B LongTensor[K_i]): 0-based class index (column of ``scores``).
-        Returns: Tensor[ΣK_i, 28, 28] probabilities in each box's frame: the mean of the
-        class-specific heads at the box's class, or the class-agnostic head when n_m = 0.
+        Returns: Tensor[ΣK_i, 28, 28] probabilities in each box's frame: sigmoid of the mean of
+        the class-specific heads' logits at the box's class (the authors' code averages logits),
+        or the class-agnostic head when n_m = 0.
         """
         if len(boxes) != features.shape[0] or len(labels) != len(boxes):
             raise ValueError(f"predict_masks: one boxes/labels entry per image expected: "
-                             f"{features.shape[0]} images, {len(boxes)} boxes, {len(labels)} labels")
+                             f"{features.shape[0]} images, {len(boxes)} boxes, "
+                             f"{len(labels)} labels")
         boxes = [b.to(features.dtype) for b in boxes]
         agnostic, specific = self.mask_head(features, boxes)
         if self.n_mask == 0:
             return torch.sigmoid(agnostic)
         lab = torch.cat(labels).long()
         idx = torch.arange(lab.numel(), device=lab.device)
-        return torch.stack([torch.sigmoid(s[idx, lab]) for s in specific]).mean(0)
+        return torch.sigmoid(torch.stack([s[idx, lab] for s in specific]).mean(0))
 
     # ------------------------------------------------------------------------------------------
     def _losses(self, features, proposals, proposal_scores, targets) -> dict:
@@ -189,18 +189,18 @@ class PDSLNet(nn.Module):
             prev = s0[i].detach()
             last_probs = None
             loss_ref = s0[i].sum() * 0  # n_r = 0: no refinement term (eq. 4)
-            cls_t = None
             for r in refine:
                 logits, deltas = r[i]
-                cls_t, w, reg_t, _ = oicr_pseudo_labels(prev, props, t, self.fg_iou)
-                loss_ref = loss_ref + refinement_loss(logits, deltas, cls_t, w, reg_t)
+                cls_r, w, reg_t, _ = oicr_pseudo_labels(prev, props, t, self.fg_iou)
+                loss_ref = loss_ref + refinement_loss(logits, deltas, cls_r, w, reg_t)
                 last_probs = torch.softmax(logits, dim=1)
                 prev = last_probs[:, 1:].detach()
-            if cls_t is None:  # n_r = 0: the masks' class assignment comes from S0
-                cls_t = oicr_pseudo_labels(prev, props, t, self.fg_iou)[0]
             losses["loss_refine"].append(loss_ref)
 
-            # Mask proposals: foreground for the last refinement head (t_p^{n_r} ≥ 1), capped.
+            # Mask proposals (eq. 5, 7): t_p^{n_r} = class of the last head's top box that the
+            # proposal overlaps with IoU ≥ fg_iou (as the authors' code does: the last head's
+            # own output, the same top box the seeds are drawn around); S^0 when n_r = 0.
+            cls_t = oicr_pseudo_labels(prev, props, t, self.fg_iou)[0]
             fg = torch.nonzero(cls_t > 0).flatten()
             if fg.numel() > self.mask_per_image:
                 fg = fg[torch.randperm(fg.numel(), device=fg.device)[:self.mask_per_image]]
@@ -248,7 +248,8 @@ class PDSLNet(nn.Module):
             raise ValueError(f"PDSLNet: {B} images but {len(proposals)} proposal tensors")
         for i, p in enumerate(proposals):
             if p.dim() != 2 or p.shape[1] != 4 or p.shape[0] == 0:
-                raise ValueError(f"PDSLNet: proposals[{i}] must be [P ≥ 1, 4], got {tuple(p.shape)}")
+                raise ValueError(f"PDSLNet: proposals[{i}] must be [P ≥ 1, 4], got "
+                                 f"{tuple(p.shape)}")
         if proposal_scores is not None:
             if len(proposal_scores) != B:
                 raise ValueError(f"PDSLNet: {B} images but {len(proposal_scores)} score tensors")

@@ -55,16 +55,18 @@ def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
 
 
 def reproject_masks(src_masks: Tensor, src_boxes: Tensor, dst_boxes: Tensor,
-                    src_index: Tensor | None = None, out_size: int = 28) -> Tensor:
+                    out_size: int = 28, src_index: Tensor | None = None) -> Tensor:
     """Resample masks from their own box frame into other boxes' frames.
 
     Output pixel ``(i, j)`` of destination ``k`` takes the value of source mask ``src_index[k]`` at
     the image point of that pixel's centre, ``x = dx1 + (j + ½)·dw/out_size`` (bilinear). This is
-    pasting the source mask into the image (bilinearly interpolated, 0 outside its box) and
-    cropping it with RoIAlign(aligned=True, sampling_ratio=1) — done in one ``grid_sample`` call
-    (align_corners=False) without the image-sized paste. Inside the source box the mask is
-    extended to the box edge (border padding), so a mask that is 1 up to its box edge stays 1
-    there; outside the source box the value is exactly 0.
+    pasting the source mask into the image (0 outside its box) and cropping it with
+    RoIAlign(aligned=True, sampling_ratio=1) — done in one ``grid_sample`` call
+    (align_corners=False) without the image-sized paste; the two agree exactly when the mask
+    pixels are image pixels (tested). One deliberate difference: within half a mask pixel of the
+    source box edge, RoIAlign would blend with the zeros outside; here the mask is extended to
+    its box edge (border padding), so a mask that is 1 up to its box edge stays 1 there. Outside
+    the source box the value is exactly 0.
 
     Args:
         src_masks (Tensor[S, M, M]): float in [0, 1], each in the frame of ``src_boxes``.

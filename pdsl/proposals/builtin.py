@@ -68,11 +68,24 @@ def downscale(image: np.ndarray, max_side: int | None):
     return small, w / nw, h / nh
 
 
+def _seed_libc_rand(seed: int = 1) -> None:
+    """OpenCV's selective search ranks regions by ``level * rand()`` (libc), so its output order,
+    and hence the top-N cut, changes from call to call. Seeding libc makes it a pure function of
+    the image (a resumed cache is identical). No-op where libc cannot be loaded."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None).srand(int(seed))
+    except (OSError, AttributeError):
+        pass
+
+
 def selective_search(image: np.ndarray, mode: str = "fast") -> np.ndarray:
     """Raw selective search boxes ``float64 [N,4]`` x1y1x2y2 (continuous) in ``image``'s frame,
-    in OpenCV's output order."""
+    in OpenCV's output order (deterministic: libc's RNG is seeded first)."""
     import cv2
 
+    _seed_libc_rand(1)
     ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation()
     ss.setBaseImage(image)
     if mode == "quality":

@@ -15,8 +15,13 @@ wildcard_constraints:
 
 
 def all_cues():
-    return expand(f"{DATA}/cues/{{dataset}}/{{split}}/cues.h5", dataset=DATASET,
-                  split=config["splits"])
+    """The merged caches, and the shards they are made of: shards are targets too, so deleting
+    one shard rebuilds just that shard (and the merge), never the others."""
+    merged = expand(f"{DATA}/cues/{{dataset}}/{{split}}/cues.h5", dataset=DATASET,
+                    split=config["splits"])
+    shards = expand(f"{DATA}/cues/{{dataset}}/{{split}}/{{kind}}-{{shard}}.h5", dataset=DATASET,
+                    split=config["splits"], kind=["proposals", "seeds"], shard=SHARDS)
+    return merged + shards
 
 
 def cue_dir(wildcards):

@@ -1,0 +1,157 @@
+"""The cache stage end to end on a tiny synthetic split: CLI, resume, atomicity, clear errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdsl.cues import cache as cache_mod
+from pdsl.cues.cache import cache_cues, parse_shard, shard_images
+from pdsl.cues.report import cue_report
+from pdsl.cues.seeds import SeedParams
+from pdsl.cues.store import CueStore
+from pdsl.errors import CacheError, DataError
+from pdsl.manifest import load_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = SeedParams(crop_size=32, max_bank=12, iterations=2)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from pdsl.datasets import prepare_data
+
+    d = tmp_path_factory.mktemp("tiny")
+    prepare_data("synthetic", d / "val.json", "val", num_images=6, seed=3, progress=False)
+    return d
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_parse_shard_and_slices(tiny):
+    assert parse_shard("2-of-3") == (1, 3)
+    for bad in ("0-of-3", "4-of-3", "x"):
+        with pytest.raises(DataError, match="shard"):
+            parse_shard(bad)
+    m = load_manifest(tiny / "val.json")
+    ids = [img["id"] for s in ("1-of-4", "2-of-4", "3-of-4", "4-of-4") for img in shard_images(m, s)]
+    assert ids == [img["id"] for img in m.images]  # shards partition the split, in order
+
+
+def test_cache_resume_and_report(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "cues.h5"
+    s1 = cache_cues(tiny / "val.json", "builtin", out, workers=1, shard_size=2, params=FAST,
+                    keep_parts=True, log=lambda s: None)
+    assert s1["images"] == 6 and s1["computed_images"] == 6
+    store = CueStore(out)
+    m = load_manifest(tiny / "val.json")
+    store.check_manifest(m, check_hashes=True)
+    for img in m.images:
+        c = store.get(img["id"])
+        assert len(c.boxes) > 0 and len(c.bank_boxes) <= FAST.max_bank
+        assert c.bank_row.max() < len(c.bank_boxes)
+        assert c.bank_masks.shape[1:] == (28, 28)
+    # resume: drop one finished shard; only its images are recomputed, result identical
+    parts = tmp_path / "cues.h5.parts"
+    (parts / "seeds-2-of-3.h5").unlink()
+    calls = []
+    real = cache_mod.compute_proposals_shard
+    monkeypatch.setattr(cache_mod, "compute_proposals_shard",
+                        lambda *a, **k: (calls.append(a[2]), real(*a, **k))[1])
+    before = {i: store.get(int(i)).bank_masks.copy() for i in store.ids}
+    s2 = cache_cues(tiny / "val.json", "builtin", out, workers=1, shard_size=2, params=FAST,
+                    log=lambda s: None)
+    assert calls == ["2-of-3"] and s2["computed_images"] == 2
+    after = CueStore(out)
+    for i, masks in before.items():
+        np.testing.assert_array_equal(after.get(int(i)).bank_masks, masks)
+    assert not parts.exists()  # cleaned up after a successful merge
+    rep = cue_report(tiny / "val.json", out, online=False)
+    assert 0.0 <= rep["recall"]["iou_0.5"] <= 1.0 and rep["gt"]["instances"] > 0
+    assert rep["seed_masks"]["cached_mask_iou"] > rep["seed_masks"]["box_fill_iou"] - 0.2
+
+
+def test_killed_run_leaves_no_complete_looking_file(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "cues.h5"
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_mod, "build_bank", boom)
+    with pytest.raises(KeyboardInterrupt):
+        cache_cues(tiny / "val.json", "builtin", out, workers=1, shard_size=3, params=FAST,
+                   log=lambda s: None)
+    assert not out.exists()
+    leftovers = [p.name for p in (tmp_path / "cues.h5.parts").iterdir()]
+    assert not any(n.startswith("seeds-") for n in leftovers), leftovers  # no seeds shard
+    assert all(n.startswith("proposals-") for n in leftovers)  # only finished proposal shards
+
+
+def test_stale_and_missing_images_are_named(tiny, tmp_path):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(tiny, d)
+    man = json.loads((d / "val.json").read_text())
+    man["info"]["image_root"] = str(d / "images" / "val")
+    (d / "val.json").write_text(json.dumps(man))
+    out = tmp_path / "cues.h5"
+    cache_cues(d / "val.json", "builtin", out, workers=1, shard_size=6, params=FAST,
+               log=lambda s: None)
+    victim = man["images"][1]
+    path = d / "images" / "val" / victim["file_name"]
+    import cv2
+
+    img = cv2.imread(str(path))
+    img[0, 0] = 255 - img[0, 0]
+    cv2.imwrite(str(path), img)
+    with pytest.raises(CacheError, match=f"image {victim['id']} .*changed since"):
+        CueStore(out).check_manifest(load_manifest(d / "val.json"), check_hashes=True)
+    path.unlink()
+    r = _cli("cache-cues", "--manifest", d / "val.json", "--out", tmp_path / "c2.h5",
+             "--crop-size", 32, "--max-bank", 5)
+    assert r.returncode == 2
+    assert f"image {victim['id']}" in r.stderr and "file not found" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_cue_report_json(tiny, tmp_path):
+    out = tmp_path / "cues.h5"
+    cache_cues(tiny / "val.json", "builtin", out, workers=1, shard_size=6, params=FAST,
+               log=lambda s: None)
+    r = _cli("cue-report", "--manifest", tiny / "val.json", "--cues", out, "--json",
+             "--max-images", 2)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert set(rep["recall"]) == {"iou_0.5", "iou_0.7", "mean_best_iou"}
+    s = rep["seed_masks"]
+    assert s["online_s_per_box"] > s["cached_s_per_box"] > 0
+    r = _cli("cue-report", "--manifest", tiny / "val.json", "--cues", tmp_path / "nope.h5")
+    assert r.returncode == 2 and "nope.h5: file not found" in r.stderr
+
+
+def test_snakemake_end_to_end_resumes_one_shard(tmp_path):
+    """The workflow on the tiny test config: build, then nothing to do, then one shard only."""
+    snakemake = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
+                 "pipeline/configs/workflow-test.yaml", "--config", f"data_dir={tmp_path}"]
+    r = subprocess.run(snakemake + ["--quiet", "all"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for split in ("train", "val"):
+        s = CueStore(tmp_path / "cues" / "synthetic" / split / "cues.h5")
+        assert len(s) == {"train": 6, "val": 4}[split] and s.kind == "cues"
+    r = subprocess.run(snakemake + ["-n"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "Nothing to be done" in r.stdout + r.stderr, r.stdout
+    (tmp_path / "cues" / "synthetic" / "val" / "seeds-2-of-2.h5").unlink()
+    r = subprocess.run(snakemake + ["-n", "--quiet", "rules"], cwd=REPO, capture_output=True,
+                       text=True)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text
+    counts = dict(line.split()[:2] for line in text.splitlines()
+                  if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert counts.get("seeds") == "1" and counts.get("merge") == "1", text
+    assert "proposals" not in counts and "prepare" not in counts, text
