@@ -31,7 +31,7 @@ from .cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK
 MASK_SIZE = 28  # online masks are M x M in their box frame (the mask head's output size)
 
 
-def _grabcut_one(small: np.ndarray, box_small: np.ndarray, mask_size: int, long_side: int,
+def _grabcut_one(small: np.ndarray, box_small: np.ndarray, mask_size: int,
                  iterations: int) -> np.ndarray:
     """GrabCut one box on an image already at the online resolution (worker entry point)."""
     import cv2
@@ -44,8 +44,8 @@ def _grabcut_one(small: np.ndarray, box_small: np.ndarray, mask_size: int, long_
                           long_side=max(small.shape[:2]), iterations=iterations)
 
 
-def _grabcut_chunk(small, boxes_small, mask_size, long_side, iterations):
-    return [_grabcut_one(small, b, mask_size, long_side, iterations) for b in boxes_small]
+def _grabcut_chunk(small, boxes_small, mask_size, iterations):
+    return [_grabcut_one(small, b, mask_size, iterations) for b in boxes_small]
 
 
 def mask_status(masks: np.ndarray, empty_frac: float = 0.02, full_frac: float = 0.98) -> np.ndarray:
@@ -122,7 +122,7 @@ def online_bank(images_uint8_list, seed_boxes_list, grabcut: OnlineGrabCut | Non
         sx, sy = small.shape[1] / W, small.shape[0] / H
         boxes_small = boxes * np.array([sx, sy, sx, sy], np.float32)
         for k in range(0, len(boxes), per_task):
-            args = (small, boxes_small[k:k + per_task], M, g.long_side, g.iterations)
+            args = (small, boxes_small[k:k + per_task], M, g.iterations)
             jobs.append((i, pool.submit(_grabcut_chunk, *args) if pool else _grabcut_chunk(*args)))
     masks = [[] for _ in images_uint8_list]
     for i, job in jobs:

@@ -1,0 +1,443 @@
+"""The training loop: one function, :func:`train`, and one step, :func:`run_step`.
+
+Run directory::
+
+    RUN_DIR/config.yaml                       resolved config (defaults ← file ← overrides)
+    RUN_DIR/metrics.jsonl                     one JSON line per optimiser step
+    RUN_DIR/checkpoints/model_0005000.pth     model, optimizer, scheduler, scaler, step, RNG,
+                                              config, class names
+    RUN_DIR/last_checkpoint                   "checkpoints/model_0005000.pth" (written last)
+
+Reproducibility: the images of step ``t``, their augmentation and the dropout of each forward
+pass are pure functions of ``(train.seed, t, position in the step)`` (see
+:class:`pdsl.data.TrainBatchSampler`, :func:`pdsl.data.sample_rng`, :func:`step_seed`), so a run
+stopped and resumed from a checkpoint reaches the same weights as an uninterrupted one, with any
+``num_workers``; and one process accumulating gradients over 4 passes sees the same images as 4
+DDP processes (``torchrun --nproc_per_node 4 cli.py train ...``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from bisect import bisect_right
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import config_from_dict, dump_config, load_config, save_config, to_dict
+from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log, worker_init)
+from .errors import ConfigError, PDSLError
+from .io import atomic_path
+
+CHECKPOINT_FORMAT = 1
+
+
+class TrainingDiverged(PDSLError):
+    """A loss became NaN or infinite; the run stopped before the optimiser step."""
+
+
+# -- pieces ----------------------------------------------------------------------------------------
+def build_model(cfg, num_classes: int):
+    """PDSLNet from the ``model`` section (keys are the constructor's arguments)."""
+    from .model import PDSLNet
+
+    return PDSLNet(num_classes, **cfg.model)
+
+
+def build_optimizer(cfg, model):
+    s = cfg.solver
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+
+
+def lr_factor(cfg):
+    """``step -> lr / base_lr``: linear warm-up from ``warmup_factor``, then ×gamma at each of
+    ``steps`` (a closure, so the scheduler's state dict holds only the step count and a resumed
+    run takes the schedule from the current config)."""
+    s = cfg.solver
+    steps, gamma = list(s.steps), s.gamma
+    warm, wf = s.warmup_iters, s.warmup_factor
+
+    def factor(step: int) -> float:
+        w = 1.0
+        if step < warm:
+            a = step / warm
+            w = wf * (1 - a) + a
+        return w * gamma ** bisect_right(steps, step)
+
+    return factor
+
+
+def step_seed(seed: int, step: int, slot: int) -> int:
+    """torch seed of forward pass ``slot`` (= micro-batch × world + rank) of step ``step``."""
+    return int(np.random.SeedSequence([int(seed), int(step), int(slot), 7]).generate_state(1)[0])
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        n = min(len(state["cuda"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(state["cuda"][:n])
+
+
+def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, scaler, cfg,
+                    class_names) -> Path:
+    """``checkpoints/model_{step:07d}.pth`` then the ``last_checkpoint`` pointer, each atomic."""
+    name = f"checkpoints/model_{step:07d}.pth"
+    ckpt = {"format": CHECKPOINT_FORMAT, "step": step,
+            "model": getattr(model, "module", model).state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": _rng_state(), "config": to_dict(cfg),
+            "class_names": list(class_names)}
+    with atomic_path(out_dir / name) as tmp:
+        torch.save(ckpt, tmp)
+    with atomic_path(out_dir / "last_checkpoint") as tmp:
+        tmp.write_text(name + "\n")
+    return out_dir / name
+
+
+def last_checkpoint(out_dir) -> Path | None:
+    """The checkpoint ``RUN_DIR/last_checkpoint`` names, or None if there is none."""
+    pointer = Path(out_dir) / "last_checkpoint"
+    if not pointer.is_file():
+        return None
+    path = Path(out_dir) / pointer.read_text().strip()
+    if not path.is_file():
+        raise ConfigError(f"{pointer} names {path}, which does not exist")
+    return path
+
+
+def load_checkpoint(path) -> dict:
+    """A checkpoint (or a bare state dict) on the CPU. Loaded with ``weights_only=True``: no
+    pickled code runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConfigError(f"checkpoint {path}: file not found") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ConfigError(f"checkpoint {path}: not a readable PDSL/torch checkpoint ({e})") from None
+
+
+def check_classes(ckpt: dict, class_names, path) -> None:
+    theirs = ckpt.get("class_names") if isinstance(ckpt, dict) else None
+    if theirs is not None and list(theirs) != list(class_names):
+        raise ConfigError(f"checkpoint {path} was trained on classes {list(theirs)}, but this "
+                          f"manifest has {list(class_names)}")
+
+
+def _model_state(ckpt: dict) -> dict:
+    return ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+
+
+# -- distributed -----------------------------------------------------------------------------------
+def _distributed(device_kind: str):
+    """``(rank, world_size, local_rank, created)``; joins the torchrun group if WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    created = False
+    if not dist.is_initialized():
+        if device_kind == "cuda":
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), local, created
+
+
+def _reduce_mean(values: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(values)
+        values /= world
+    return values
+
+
+# -- the step --------------------------------------------------------------------------------------
+class StepContext:
+    """What :func:`run_step` needs besides the model and the data (fixed for a run)."""
+
+    def __init__(self, cfg, device, accum, rank, world, online=None):
+        self.cfg, self.device, self.accum, self.rank, self.world = cfg, device, accum, rank, world
+        self.seed = cfg.train.seed
+        self.amp = bool(cfg.solver.amp) and device.type == "cuda"
+        self.online = online  # OnlineGrabCut pool in online cue mode, else None
+
+
+def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: StepContext) -> dict:
+    """Optimiser step ``step`` (0-based): ``accum`` micro-batches of data → forward → losses →
+    backward (accumulated) → loss check → SGD step → the metrics line (losses averaged over the
+    step's images)."""
+    t_start = time.perf_counter()
+    data_time = cue_time = 0.0
+    loss_sum = None
+    for k in range(ctx.accum):
+        t0 = time.perf_counter()
+        batch = next(data_iter)
+        images, proposals, scores, targets = batch_to_device(batch, ctx.device)
+        data_time += time.perf_counter() - t0
+        cue_time += batch["cue_time"]
+        if ctx.online is not None and not getattr(model, "handles_online_cues", False):
+            from .online_cues import fill_online_targets
+
+            c = ctx.cfg.cues
+            cue_time += fill_online_targets(model, images, proposals, scores, targets, ctx.online,
+                                            ctx.cfg.model.n_seed, c.degenerate,
+                                            c.online_empty_frac, c.online_full_frac)
+        torch.manual_seed(step_seed(ctx.seed, step, k * ctx.world + ctx.rank))  # dropout etc.
+        sync = ctx.world == 1 or k == ctx.accum - 1  # DDP all-reduces on the last pass only
+        with (contextlib.nullcontext() if sync else model.no_sync()):
+            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
+                losses = model(images, proposals, scores, targets)
+            total = sum(losses.values())
+            scaler.scale(total / ctx.accum).backward()
+        vec = torch.stack([v.detach().float() for v in losses.values()])
+        loss_sum = vec if loss_sum is None else loss_sum + vec
+    loss_vec = _reduce_mean(loss_sum / ctx.accum, ctx.world).cpu()
+    loss_dict = {name: float(v) for name, v in zip(losses, loss_vec)}
+    if not all(math.isfinite(v) for v in loss_dict.values()):
+        raise TrainingDiverged(f"step {step + 1}: loss is not finite: {loss_dict}")
+    if ctx.cfg.solver.clip_grad_norm > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.solver.clip_grad_norm)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()
+    return {"step": step + 1, "lr": lr, **loss_dict, "total": sum(loss_dict.values()),
+            "data_time": round(data_time, 4), "cue_time": round(cue_time, 4),
+            "step_time": round(time.perf_counter() - t_start, 4)}
+
+
+# -- progress --------------------------------------------------------------------------------------
+def _fmt_time(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """A one-line progress display on stderr (redrawn with \\r on a terminal) plus a full log line
+    every ``log_period`` steps."""
+
+    def __init__(self, start: int, stop: int, log_period: int):
+        self.start, self.stop, self.period = start, stop, log_period
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, m: dict) -> None:
+        done = m["step"] - self.start
+        rate = (time.perf_counter() - self.t0) / max(done, 1)
+        losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
+        line = (f"step {m['step']}/{self.stop} loss {m['total']:.4f} ({losses}) lr {m['lr']:.2e} "
+                f"{rate:.2f} s/step data {m['data_time']:.2f}s ETA "
+                f"{_fmt_time(rate * (self.stop - m['step']))}")
+        if "mem_gb" in m:
+            line += f" mem {m['mem_gb']:.1f}G"
+        if m["step"] % self.period == 0 or m["step"] == self.stop:
+            print(("\r" if self.tty else "") + line, file=sys.stderr, flush=True)
+        elif self.tty:
+            print("\r" + line[:200], end="", file=sys.stderr, flush=True)
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def train(config_path, manifest, cues, out_dir, max_iter: int | None = None, resume: bool = False,
+          weights=None, overrides=()) -> Path:
+    """Train PDSL; return the path of the last checkpoint.
+
+    Args:
+        config_path: run config YAML (None: defaults only).
+        manifest: manifest json of the training split (class names and image labels).
+        cues: cue cache of that split (``cues.h5``).
+        out_dir: run directory (created).
+        max_iter: overrides ``solver.max_iter``.
+        resume: continue from ``out_dir/last_checkpoint`` (model, optimizer, scheduler, step, RNG);
+            starts from scratch if there is none.
+        weights: initialise the model only from this checkpoint (ignored when resuming).
+        overrides: ``"section.key=value"`` strings.
+    Launched by ``torchrun`` (WORLD_SIZE > 1), each process trains a DDP replica; rank 0 writes.
+    """
+    from .cues.store import CueStore
+    from .manifest import load_manifest
+
+    overrides = list(overrides) + ([("solver.max_iter", int(max_iter))] if max_iter else [])
+    cfg = load_config(config_path, overrides)
+    if cfg.train.threads:
+        torch.set_num_threads(int(cfg.train.threads))
+    kind = cfg.train.device
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available")
+    rank, world, local_rank, created_group = _distributed(kind)
+    device = torch.device(kind, local_rank) if kind == "cuda" else torch.device("cpu")
+    try:
+        return _train(cfg, load_manifest(manifest), CueStore(cues), Path(out_dir), resume, weights,
+                      device, rank, world)
+    finally:
+        if created_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, world) -> Path:
+    s = cfg.solver
+    main = rank == 0
+    accum = s.images_per_step // (world * s.images_per_gpu)
+    if accum * world * s.images_per_gpu != s.images_per_step:
+        raise ConfigError(f"solver.images_per_step ({s.images_per_step}) must be a multiple of "
+                          f"world size x solver.images_per_gpu ({world} x {s.images_per_gpu})")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log(f"train: resolved config\n{dump_config(cfg)}")
+        save_config(cfg, out_dir / "config.yaml")
+        log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
+            f"pass(es) = {s.images_per_step} images per step, device {device}")
+
+    seed = cfg.train.seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # same initial weights in every process
+    class_names = manifest.class_names
+    model = build_model(cfg, manifest.num_classes).to(device)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(s.amp) and device.type == "cuda")
+
+    start = 0
+    ckpt_path = last_checkpoint(out_dir) if resume else None
+    if resume and ckpt_path is None and main:
+        log(f"train: --resume but {out_dir}/last_checkpoint does not exist: starting from step 0")
+    if ckpt_path is not None:
+        ckpt = load_checkpoint(ckpt_path)
+        check_classes(ckpt, class_names, ckpt_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        start = int(ckpt["step"])
+        if main:
+            _report_config_changes(config_from_dict(ckpt["config"]), cfg)
+            log(f"train: resumed from {ckpt_path} at step {start}"
+                + (f" (--weights {weights} ignored)" if weights else ""))
+    elif weights:
+        ckpt = load_checkpoint(weights)
+        check_classes(ckpt, class_names, weights)
+        try:
+            model.load_state_dict(_model_state(ckpt))
+        except RuntimeError as e:
+            raise ConfigError(f"--weights {weights}: does not fit model {cfg.model.backbone} "
+                              f"({str(e).splitlines()[0]} ...)") from None
+        if main:
+            log(f"train: model initialised from {weights}")
+
+    if start >= s.max_iter:
+        if main:
+            log(f"train: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
+        return ckpt_path
+
+    ddp_model = model
+    if world > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.train.find_unused_parameters)
+
+    dataset = TrainDataset(manifest, store, cfg, seed=seed)
+    sampler = TrainBatchSampler(len(dataset), seed, s.images_per_step, s.images_per_gpu, start,
+                                s.max_iter, rank, world)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=Collate(cfg.input.size_divisibility),
+        num_workers=cfg.train.num_workers, worker_init_fn=worker_init,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator().manual_seed(seed))  # not the global RNG: resume stays exact
+
+    online = None
+    if cfg.cues.source == "online":
+        from .online_cues import OnlineGrabCut
+
+        c = cfg.cues
+        online = OnlineGrabCut(c.online_workers, c.online_long_side, c.online_iterations)
+    ctx = StepContext(cfg, device, accum, rank, world, online)
+
+    metrics_path = out_dir / "metrics.jsonl"
+    if main:
+        _truncate_metrics(metrics_path, start)
+        metrics_file = open(metrics_path, "a")
+        progress = Progress(start, s.max_iter, cfg.train.log_period)
+    last_saved = ckpt_path
+    try:
+        data_iter = iter(loader)
+        for step in range(start, s.max_iter):
+            m = run_step(ddp_model, data_iter, optimizer, scheduler, scaler, step, ctx)
+            if device.type == "cuda":
+                m["mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            done = step + 1
+            if main:
+                metrics_file.write(json.dumps(m) + "\n")
+                metrics_file.flush()
+                progress.update(m)
+                if done % cfg.train.checkpoint_period == 0 or done == s.max_iter:
+                    last_saved = save_checkpoint(out_dir, done, model, optimizer, scheduler,
+                                                 scaler, cfg, class_names)
+    except TrainingDiverged as e:
+        where = f"last good checkpoint: {last_saved}" if last_saved else "no checkpoint was written"
+        raise TrainingDiverged(f"{e}; stopping ({where}; lower solver.base_lr or raise "
+                               f"solver.warmup_iters, then --resume)") from None
+    finally:
+        if online is not None:
+            online.close()
+        if main:
+            metrics_file.close()
+    if main:
+        log(f"train: done, {s.max_iter - start} steps -> {last_saved}")
+    return out_dir / f"checkpoints/model_{s.max_iter:07d}.pth"
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Drop lines of steps after ``start`` (left by a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= start:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def _report_config_changes(old, new, prefix="") -> None:
+    for k, v in new.items():
+        ov = old.get(k)
+        if isinstance(v, dict):
+            _report_config_changes(ov or {}, v, f"{prefix}{k}.")
+        elif ov != v:
+            log(f"train: resume: {prefix}{k} changed from {ov!r} to {v!r}")

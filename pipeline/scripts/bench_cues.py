@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Benchmark of the cue-cache stage (a script, not a test). Prints, in one run:
+
+1. core-seconds per image for proposals (built-in selective search) and for the seed bank at
+   2,000 proposals, on VOC-sized (500 px) synthetic images;
+2. scaling of the cache stage from 1 to 2 worker processes (same images, wall time);
+3. cached vs online (authors') GrabCut on the embedded benchmark: seconds per box and mask IoU
+   vs GT for the best proposal of every GT instance.
+
+    python pipeline/scripts/bench_cues.py [--images 16] [--quality-images 60] [--out bench.json]
+
+Selective search finds fewer than 2,000 boxes on synthetic images; the proposal list is padded to
+exactly 2,000 with jittered copies of its own boxes (MCG-like redundancy) so the seed stage is
+measured at the size the paper uses. Run it on an otherwise idle machine: scaling is wall-clock.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from pdsl.cues.cache import cache_cues  # noqa: E402
+from pdsl.cues.report import cue_report  # noqa: E402
+from pdsl.cues.seeds import SeedParams, build_bank  # noqa: E402
+from pdsl.io import read_image  # noqa: E402
+from pdsl.proposals import make_source  # noqa: E402
+
+
+def pad_to(boxes, scores, n, H, W, rng):
+    """Pad a proposal list to ``n`` boxes with jittered copies (scale/shift up to 15 %)."""
+    if len(boxes) >= n:
+        return boxes[:n], scores[:n]
+    k = n - len(boxes)
+    src = boxes[rng.integers(0, len(boxes), k)]
+    wh = np.stack([src[:, 2] - src[:, 0], src[:, 3] - src[:, 1]], 1)
+    jit = rng.uniform(-0.15, 0.15, (k, 4)) * np.concatenate([wh, wh], 1)
+    new = src + jit
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, W)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, H)
+    new[:, 2] = np.maximum(new[:, 2], new[:, 0] + 2)
+    new[:, 3] = np.maximum(new[:, 3], new[:, 1] + 2)
+    return (np.concatenate([boxes, new]).astype(np.float32),
+            np.concatenate([scores, np.full(k, scores.min() * 0.5)]).astype(np.float32))
+
+
+def bench_per_image(manifest, params, n_props=2000):
+    src = make_source("builtin")
+    rng = np.random.default_rng(0)
+    t_prop = t_seed = 0.0
+    n_bank = []
+    for img in manifest.images:
+        image = read_image(manifest.image_path(img))
+        t = time.process_time()
+        p = src.get(img, manifest.image_path(img), image=image)
+        t_prop += time.process_time() - t
+        boxes, scores = pad_to(p["boxes"], p["scores"], n_props, image.shape[0], image.shape[1], rng)
+        t = time.process_time()
+        bank = build_bank(image, boxes, scores, params)
+        t_seed += time.process_time() - t
+        n_bank.append(len(bank["bank_boxes"]))
+    n = len(manifest.images)
+    return {"images": n, "proposal_core_s_per_image": t_prop / n,
+            "seed_core_s_per_image_at_2000": t_seed / n, "grabcut_masks_per_image": float(np.mean(n_bank))}
+
+
+def bench_scaling(manifest_path, params, tmp):
+    out = {}
+    for w in (1, 2):
+        t = time.perf_counter()
+        cache_cues(manifest_path, "builtin", Path(tmp) / f"scale{w}.h5", workers=w, shard_size=2,
+                   params=params, log=lambda s: None)
+        out[w] = time.perf_counter() - t
+    return {"wall_s_1_worker": out[1], "wall_s_2_workers": out[2], "speedup": out[1] / out[2],
+            "efficiency": out[1] / out[2] / 2}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=16, help="VOC-sized images for parts 1-2")
+    ap.add_argument("--quality-images", type=int, default=60, help="benchmark images for part 3")
+    ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    args = ap.parse_args()
+    import cv2
+
+    cv2.setNumThreads(1)
+    from pdsl.datasets.synthetic import generate
+
+    params = SeedParams()
+    res = {"seed_params": params.to_dict()}
+    with tempfile.TemporaryDirectory() as tmp:
+        big = generate(Path(tmp) / "big.json", "bench", args.images, seed=7, image_size=500)
+        res["per_image"] = bench_per_image(big, params)
+        print(f"[1] {args.images} images 500x500, builtin proposals padded to 2,000: "
+              f"proposals {res['per_image']['proposal_core_s_per_image']:.2f} core-s/img, "
+              f"seeds {res['per_image']['seed_core_s_per_image_at_2000']:.2f} core-s/img "
+              f"({res['per_image']['grabcut_masks_per_image']:.0f} GrabCut masks/img)", flush=True)
+        res["scaling"] = bench_scaling(big.path, params, tmp)
+        s = res["scaling"]
+        print(f"[2] cache-cues on the same images: 1 worker {s['wall_s_1_worker']:.1f} s, "
+              f"2 workers {s['wall_s_2_workers']:.1f} s: speed-up {s['speedup']:.2f}x "
+              f"({s['efficiency']:.0%} of linear)", flush=True)
+        q = generate(Path(tmp) / "q.json", "val", args.quality_images, seed=0)
+        cache_cues(q.path, "builtin", Path(tmp) / "q.h5", workers=2, params=params,
+                   log=lambda s: None)
+        rep = cue_report(q.path, Path(tmp) / "q.h5", online=True)
+        res["quality"] = {"instances": rep["gt"]["instances"], **rep["recall"],
+                          **{k: v for k, v in rep["seed_masks"].items() if k != "by_status"},
+                          "bank_status": rep["bank_status"]}
+        sq = res["quality"]
+        print(f"[3] embedded benchmark val, {sq['instances']} GT instances: mask IoU vs GT cached "
+              f"{sq['cached_mask_iou']:.3f} vs online {sq['online_mask_iou']:.3f} (filled box "
+              f"{sq['box_fill_iou']:.3f}); {sq['cached_s_per_box'] * 1e3:.1f} ms/box cached vs "
+              f"{sq['online_s_per_box'] * 1e3:.1f} ms/box online = {sq['speedup']:.0f}x less compute; "
+              f"proposal recall@0.5 {sq['iou_0.5']:.1%}", flush=True)
+    print("\n| measure | value | target |\n|---|---|---|")
+    pi, s = res["per_image"], res["scaling"]
+    print(f"| proposals, core-s / image (500 px, builtin) | {pi['proposal_core_s_per_image']:.2f} | — |")
+    print(f"| seeds, core-s / image at 2,000 proposals | {pi['seed_core_s_per_image_at_2000']:.2f} | ≤ 2 |")
+    print(f"| scaling 1 → 2 workers | {s['speedup']:.2f}x ({s['efficiency']:.0%}) | ≥ 85 % |")
+    print(f"| mask IoU vs GT: cached / online | {sq['cached_mask_iou']:.3f} / {sq['online_mask_iou']:.3f} | cached ≥ online |")
+    print(f"| compute per box: online / cached | {sq['speedup']:.0f}x | ≥ 10x |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
