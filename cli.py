@@ -35,6 +35,7 @@ def cli():
       prepare-data  dataset -> manifest json (COCO format + image-level labels)
       cache-cues    manifest -> proposals + GrabCut seed-mask bank in one HDF5 file
       cue-report    proposal recall, bank coverage and seed-mask quality of a cache
+      train         manifest + cues -> run dir (config, metrics, checkpoints)
     Stage pieces used by Snakemake shards: proposals-shard, seeds-shard, merge-cues.
     """
 
@@ -184,6 +185,46 @@ def cue_report(manifest, cues, as_json, online, max_images):
 
     rep = run(manifest, cues, online=online, max_images=max_images)
     click.echo(json.dumps(rep, indent=2) if as_json else format_report(rep))
+
+
+@cli.command("train")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Run config YAML (pipeline/configs/*.yaml); keys missing from it take the "
+                   "values of pdsl/defaults.yaml.")
+@click.option("--manifest", type=click.Path(dir_okay=False), required=True,
+              help="Manifest json of the training split (from prepare-data).")
+@click.option("--cues", type=click.Path(dir_okay=False), required=True,
+              help="Cue cache of that split (cues.h5 from cache-cues).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory: config.yaml, metrics.jsonl, checkpoints/, last_checkpoint.")
+@click.option("--max-iter", type=click.IntRange(1), default=None,
+              help="Optimiser steps (overrides solver.max_iter).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/last_checkpoint: model, optimizer, scheduler, step and RNG "
+                   "(same result as an uninterrupted run).")
+@click.option("--weights", type=click.Path(dir_okay=False), default=None,
+              help="Initialise the model only from this checkpoint (same classes required).")
+@click.argument("overrides", nargs=-1)
+def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overrides):
+    """Train PDSL on a manifest split with its cue cache.
+
+    Reads MANIFEST (image-level labels, class names), CUES (proposals and the GrabCut seed-mask
+    bank) and the images; writes OUT/config.yaml (resolved config), OUT/metrics.jsonl (one line
+    per step), OUT/checkpoints/model_NNNNNNN.pth and OUT/last_checkpoint. OVERRIDES are dotted
+    KEY=VALUE pairs on top of the config (values parsed as YAML; see pdsl/defaults.yaml).
+    Several GPUs: launch the same command with torchrun; the effective batch stays
+    solver.images_per_step (gradient accumulation makes up for fewer processes).
+
+    \b
+    Examples:
+      python cli.py train --config pipeline/configs/demo.yaml --manifest data/synthetic/train.json --cues data/cues/synthetic/train/cues.h5 --out runs/demo
+      python cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --cues data/cues/voc/train_aug/cues.h5 --out runs/voc --resume solver.base_lr=0.005 train.num_workers=8
+      torchrun --nproc_per_node 4 cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest ... --cues ... --out runs/voc
+    """
+    from pdsl.train import train as run
+
+    run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume, weights=weights,
+        overrides=list(overrides))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class TrainDataset(torch.utils.data.Dataset):
     (step 0, slot 0) returns a dict of numpy arrays, all boxes in the augmented-image frame:
 
     ``image`` float32 [3, H, W] normalised RGB; ``proposals`` float32 [P, 4]; ``proposal_scores``
-    float32 [P]; ``bank_boxes`` float32 [B, 4]; ``bank_masks`` uint8 [B, M, M] (bank-box frame);
+    float32 [P]; ``proposal_index`` int64 [P] (row of each proposal in the cache's list of the
+    image); ``bank_boxes`` float32 [B, 4]; ``bank_masks`` uint8 [B, M, M] (bank-box frame);
     ``proposal_to_bank`` int64 [P] (rows of this sample's bank); ``bank_valid`` bool [B];
     ``labels`` float32 [C]; ``image_id``; ``orig_size`` (h, w); ``crop`` (x0, y0, x1, y1) in
     original pixels; ``scale`` (sx, sy) from crop to augmented pixels; ``flipped``;
@@ -178,7 +179,7 @@ class TrainDataset(torch.utils.data.Dataset):
             keep[np.argmax((props[:, 2] - props[:, 0]) * (props[:, 3] - props[:, 1]))] = True
         nh, nw = size
         sx, sy = nw / float(crop[2] - crop[0]), nh / float(crop[3] - crop[1])
-        props, scores = props[keep], scores[keep]
+        props, scores, prop_index = props[keep], scores[keep], order[keep]
 
         img = image[crop[1]:crop[3], crop[0]:crop[2]]
         import cv2
@@ -191,6 +192,7 @@ class TrainDataset(torch.utils.data.Dataset):
 
         out = dict(image=normalize_image(img, c.pixel_mean, c.pixel_std),
                    proposals=props.astype(np.float32), proposal_scores=scores,
+                   proposal_index=prop_index.astype(np.int64),
                    labels=self.manifest.label_vector(image_id), image_id=image_id,
                    orig_size=np.array([H, W], np.int64), crop=crop,
                    scale=np.array([sx, sy], np.float32), flipped=do_flip, cue_time=cue_time)
@@ -203,7 +205,7 @@ class TrainDataset(torch.utils.data.Dataset):
             return out
 
         # The bank: only the rows the kept proposals use, renumbered.
-        rows = cues.bank_row[order][keep].astype(np.int64)
+        rows = cues.bank_row[prop_index].astype(np.int64)
         if len(cues.bank_boxes) == 0:  # a cache without masks for this image: one invalid row
             M = self.store.mask_size
             bank_boxes, bank_masks = props[:1].copy(), np.zeros((1, M, M), np.uint8)
@@ -370,6 +372,8 @@ def load_test_image(manifest, cues_store, image_id: int, scale: int, max_size: i
 class TestDataset(torch.utils.data.Dataset):
     """Every image of a manifest at one test scale (and flip), for inference; see
     :func:`load_test_image`. Images without proposals are listed in ``skipped``."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, manifest, cues_store, cfg, scale: int, flip: bool = False):
         cues_store.check_manifest(manifest, require_bank=False)

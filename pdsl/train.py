@@ -199,7 +199,8 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
         images, proposals, scores, targets = batch_to_device(batch, ctx.device)
         data_time += time.perf_counter() - t0
         cue_time += batch["cue_time"]
-        if ctx.online is not None and not getattr(model, "handles_online_cues", False):
+        net = getattr(model, "module", model)  # under DDP
+        if ctx.online is not None and not getattr(net, "handles_online_cues", False):
             from .online_cues import fill_online_targets
 
             c = ctx.cfg.cues

@@ -34,6 +34,19 @@ def test_cluster_proposals_by_hand():
     assert reps.tolist() == [0] and row.tolist() == [0, 0, 0, 0] and cov[2] == 0.0
 
 
+def test_cluster_lowers_threshold_to_fit_the_cap():
+    # four boxes in a chain: IoU(a,b) = IoU(b,c) = IoU(c,d) = 0.6, the others lower
+    boxes = np.array([[0, 0, 10, 10], [2.5, 0, 12.5, 10], [5, 0, 15, 10], [7.5, 0, 17.5, 10]],
+                     np.float32)
+    scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
+    reps, row, cov = cluster_proposals(boxes, scores, iou=0.7, max_bank=4)
+    assert len(reps) == 4 and (cov == 1).all()  # no pressure: every box is its own rep
+    reps, row, cov = cluster_proposals(boxes, scores, iou=0.7, max_bank=2)
+    # at IoU 0.6, box 0 claims box 1 and box 2 claims box 3: two reps, coverage 0.6 everywhere
+    assert reps.tolist() == [0, 2] and row.tolist() == [0, 0, 1, 1]
+    np.testing.assert_allclose(cov, [1, 0.6, 1, 0.6], rtol=1e-6)
+
+
 def test_resample_then_paste_is_identity_on_box_masks():
     fg = np.zeros((100, 100), np.float32)
     fg[20:80, 10:50] = 1.0
