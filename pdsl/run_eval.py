@@ -1,0 +1,253 @@
+"""``cli.py eval`` and ``cli.py predict``: a trained run -> predictions, metrics, report."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import config_from_dict
+from .errors import ConfigError, DataError, PDSLError
+from .inference import TestParams, predict_image
+from .io import read_image, write_json_atomic
+from .manifest import load_manifest
+
+
+def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
+    """Model (eval mode), config and class names of a run directory's last (or given) checkpoint.
+
+    Refuses a checkpoint trained on another class set, or whose weights do not fit the model its
+    own config describes (another config), with a message naming both."""
+    from .train import build_model, check_classes, last_checkpoint, load_checkpoint
+
+    run_dir = Path(run_dir)
+    path = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)
+    if path is None:
+        raise ConfigError(f"run {run_dir}: no checkpoint (no {run_dir / 'last_checkpoint'}); "
+                          f"train first with `cli.py train --out {run_dir}`")
+    ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "config" not in ckpt or "class_names" not in ckpt:
+        raise ConfigError(f"checkpoint {path}: not a PDSL training checkpoint (no config/classes)")
+    if class_names is not None:
+        check_classes(ckpt, class_names, path)
+    cfg = config_from_dict(ckpt["config"])
+    model = build_model(cfg, len(ckpt["class_names"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0:3]
+        raise ConfigError(f"checkpoint {path}: weights do not fit the model of its config "
+                          f"({' '.join(first)})") from None
+    return model.to(device).eval(), cfg, list(ckpt["class_names"]), path
+
+
+def _device(name="auto"):
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=None,
+                 max_images: int | None = None, device: str = "auto", report: bool = True) -> dict:
+    """Predict every image of the manifest (proposals from the cue cache), score with pycocotools,
+    write ``coco_instances_results.json``, ``metrics.json`` and (``report``) ``report.md``."""
+    import click
+
+    from .cues.store import CueStore
+    from .evaluation import Evaluator
+
+    device = _device(device)
+    manifest = load_manifest(manifest_path)
+    store = CueStore(cues_path)
+    store.check_manifest(manifest, require_bank=False)
+    model, cfg, names, ckpt_path = load_run(run_dir, manifest.class_names, device)
+    params = TestParams.from_config(cfg, tta)
+    out_dir = Path(out_dir) if out_dir else Path(run_dir) / "eval" / manifest.split
+    images = manifest.images[:max_images] if max_images else manifest.images
+    ev = Evaluator(manifest) if manifest.has_gt else None
+    preds = {}
+    t0 = time.perf_counter()
+    with click.progressbar(images, label=f"eval {manifest.split}", show_pos=True, show_eta=True,
+                           file=sys.stderr) as bar:
+        for img in bar:
+            c = store.get(img["id"], with_bank=False)
+            image = read_image(manifest.image_path(img), img["id"])
+            p = predict_image(model, image, c.boxes, c.scores, params, device)
+            preds[img["id"]] = p
+            if ev is not None:
+                ev.process(img["id"], {"boxes": p["boxes"], "scores": p["scores"],
+                                       "labels": p["labels"], "masks": p["masks"],
+                                       "image_scores": p["class_scores"]})
+    secs = time.perf_counter() - t0
+    metrics = {"run": str(run_dir), "checkpoint": str(ckpt_path), "manifest": str(manifest.path),
+               "split": manifest.split, "tta": tta, "scales": list(params.scales),
+               "flip": params.flip, "images": len(images),
+               "seconds_per_image": secs / max(len(images), 1)}
+    if ev is not None:
+        if max_images:  # score only the processed images
+            from .manifest import Manifest
+
+            keep = {i["id"] for i in images}
+            sub = Manifest(path=manifest.path, info=manifest.info, images=list(images),
+                           categories=manifest.categories,
+                           annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+            ev2 = Evaluator(sub)
+            for iid, p in preds.items():
+                ev2.process(iid, {"boxes": p["boxes"], "scores": p["scores"],
+                                  "labels": p["labels"], "masks": p["masks"],
+                                  "image_scores": p["class_scores"]})
+            ev = ev2
+        metrics.update(ev.evaluate())
+        results = ev.results()
+    else:
+        results = _results_without_gt(manifest, preds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(results, out_dir / "coco_instances_results.json")
+    write_json_atomic(json_safe(metrics), out_dir / "metrics.json", indent=2)
+    if report:
+        from .report import write_report
+
+        write_report(out_dir, Path(run_dir), manifest, store, preds, metrics)
+    return metrics
+
+
+def json_safe(obj):
+    """NaN/inf (metrics with no GT to score) -> None, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: str = "auto") -> Path:
+    """AP50 of every checkpoint of a run on the first ``max_images`` images (single scale):
+    ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report."""
+    import click
+
+    from .cues.store import CueStore
+    from .evaluation import Evaluator
+    from .manifest import Manifest
+
+    device = _device(device)
+    manifest = load_manifest(manifest_path)
+    store = CueStore(cues_path)
+    store.check_manifest(manifest, require_bank=False)
+    images = manifest.images[:max_images]
+    keep = {i["id"] for i in images}
+    sub = Manifest(path=manifest.path, info=manifest.info, images=list(images),
+                   categories=manifest.categories,
+                   annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+    ckpts = sorted((Path(run_dir) / "checkpoints").glob("model_*.pth"))
+    if not ckpts:
+        raise ConfigError(f"run {run_dir}: no checkpoints to draw an AP curve from")
+    loaded = [(img, read_image(manifest.image_path(img), img["id"]), store.get(img["id"], False))
+              for img in images]
+    lines = []
+    for ck in ckpts:
+        model, cfg, _, _ = load_run(run_dir, manifest.class_names, device, checkpoint=ck)
+        params = TestParams.from_config(cfg, tta=False)
+        ev = Evaluator(sub)
+        for img, image, c in loaded:
+            p = predict_image(model, image, c.boxes, c.scores, params, device)
+            ev.process(img["id"], {"boxes": p["boxes"], "scores": p["scores"],
+                                   "labels": p["labels"], "masks": p["masks"],
+                                   "image_scores": p["class_scores"]})
+        m = ev.evaluate()
+        step = int(torch.load(ck, map_location="cpu", weights_only=True)["step"])
+        row = {"step": step, "mask_AP50": m["segm"]["AP50"], "box_AP50": m["bbox"]["AP50"],
+               "cls_mAP": m["classification"]["mAP"], "images": len(images)}
+        click.echo(f"ap-curve: step {step}: mask AP50 {row['mask_AP50']:.1f}, box AP50 "
+                   f"{row['box_AP50']:.1f}, classification mAP {row['cls_mAP']:.1f}", err=True)
+        lines.append(json.dumps(json_safe(row)))
+    out = Path(run_dir) / "ap_curve.jsonl"
+    from .io import atomic_path
+
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _results_without_gt(manifest, preds) -> list[dict]:
+    from pycocotools import mask as mask_utils
+
+    cat_ids = [c["id"] for c in manifest.categories]
+    out = []
+    for iid, p in preds.items():
+        for k in range(len(p["boxes"])):
+            x1, y1, x2, y2 = (float(v) for v in p["boxes"][k])
+            r = {"image_id": int(iid), "category_id": cat_ids[int(p["labels"][k])],
+                 "score": float(p["scores"][k]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
+            if "masks" in p:
+                rle = mask_utils.encode(np.asfortranarray(p["masks"][k].astype(np.uint8)))
+                r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+            out.append(r)
+    return out
+
+
+def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "auto",
+                  score_thresh: float = 0.3, proposals: str = "builtin") -> dict:
+    """Predict arbitrary images (files or folders) with no cache: proposals from the built-in
+    generator. Writes one overlay PNG per image and ``predictions.json`` (COCO results with a
+    ``file_name`` per image). An unreadable image is reported and skipped."""
+    import click
+
+    from .proposals import make_source
+    from .report import draw_predictions
+
+    device = _device(device)
+    model, cfg, names, _ = load_run(run_dir, None, device)
+    params = TestParams.from_config(cfg, tta)
+    source = make_source(proposals)
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+    files = []
+    for inp in inputs:
+        pth = Path(inp)
+        if pth.is_dir():
+            files += sorted(f for f in pth.rglob("*") if f.suffix.lower() in exts)
+        else:
+            files.append(pth)
+    if not files:
+        raise DataError(f"predict: no images found in {list(map(str, inputs))}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, results, skipped = [], [], []
+    from pycocotools import mask as mask_utils
+
+    for k, f in enumerate(files, 1):
+        try:
+            image = read_image(f)
+            H, W = image.shape[:2]
+            prop = source.get({"id": k, "file_name": f.name, "height": H, "width": W}, f,
+                              image=image)
+        except PDSLError as e:
+            click.echo(f"predict: skipped {f}: {e}", err=True)
+            skipped.append(str(f))
+            continue
+        p = predict_image(model, image, prop["boxes"], prop["scores"], params, device)
+        keep = p["scores"] >= score_thresh
+        images.append({"id": k, "file_name": str(f), "height": H, "width": W})
+        for j in np.nonzero(keep)[0]:
+            x1, y1, x2, y2 = (float(v) for v in p["boxes"][j])
+            rle = mask_utils.encode(np.asfortranarray(p["masks"][j].astype(np.uint8)))
+            results.append({"image_id": k, "category_id": int(p["labels"][j]) + 1,
+                            "category": names[int(p["labels"][j])], "score": float(p["scores"][j]),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1],
+                            "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
+        vis = draw_predictions(image, p["boxes"][keep], p["labels"][keep], p["scores"][keep],
+                               p["masks"][keep], names)
+        import cv2
+
+        cv2.imwrite(str(out_dir / f"{f.stem}_pred.png"), vis)
+        click.echo(f"predict: {f} -> {int(keep.sum())} detections", err=True)
+    doc = {"images": images, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+           "annotations": results, "skipped": skipped}
+    write_json_atomic(doc, out_dir / "predictions.json")
+    return {"images": len(images), "skipped": skipped, "detections": len(results)}
