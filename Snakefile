@@ -1,4 +1,5 @@
-# PDSL workflow: `snakemake --cores N` builds the cue cache of every split in the config.
+# PDSL workflow: `snakemake --cores N` goes from nothing to a report: prepare -> proposals ->
+# GrabCut seeds -> merged cue cache -> train -> eval + report (pipeline/config.yaml).
 #
 # Output tree (relative to the repository root; DATA = config "data_dir", default data/):
 #   DATA/<dataset>/<split>.json                          prepare    manifest (COCO json + labels)
@@ -6,6 +7,8 @@
 #   DATA/cues/<dataset>/<split>/seeds-I-of-N.h5          seeds      one job per shard (GrabCut)
 #   DATA/cues/<dataset>/<split>/cues.h5                  merge      the one file the trainer opens
 #   DATA/cues/<dataset>/<split>/{logs,benchmarks}/       per-job logs and Snakemake benchmarks
+#   RUNS/<run>/{config.yaml,checkpoints/,metrics.jsonl}   train      (RUNS = config "runs_dir")
+#   RUNS/<run>/eval/<split>/{report.md,metrics.json,coco_instances_results.json}   eval
 #
 # Another dataset or cluster: `snakemake --cores 8 --configfile my.yaml` (see pipeline/config.yaml).
 from snakemake.utils import min_version, validate
@@ -24,9 +27,11 @@ include: "pipeline/rules/prepare.smk"
 include: "pipeline/rules/proposals.smk"
 include: "pipeline/rules/seeds.smk"
 include: "pipeline/rules/merge.smk"
+include: "pipeline/rules/train.smk"
+include: "pipeline/rules/eval.smk"
 
 
 rule all:
     input:
-        all_cues(),
+        all_targets(),
     default_target: True

@@ -138,7 +138,7 @@ def test_cli_cue_report_json(tiny, tmp_path):
 def test_snakemake_end_to_end_resumes_one_shard(tmp_path):
     """The workflow on the tiny test config: build, then nothing to do, then one shard only."""
     snakemake = [sys.executable, "-m", "snakemake", "--cores", "2", "--configfile",
-                 "pipeline/configs/workflow-test.yaml", "--config", f"data_dir={tmp_path}"]
+                 "pipeline/configs/workflow-test.yaml", "--config", f"data_dir={tmp_path}", f"runs_dir={tmp_path}/runs"]
     r = subprocess.run(snakemake + ["--quiet", "all"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     for split in ("train", "val"):

@@ -5,6 +5,7 @@ import sys
 PYTHON = sys.executable  # the interpreter running snakemake, so rules use the same environment
 DATA = config.get("data_dir", "data")
 DATASET = config["dataset"]
+RUNS = config.get("runs_dir", "runs")
 SHARDS = [f"{i + 1}-of-{config['shards']}" for i in range(config["shards"])]
 
 
@@ -12,6 +13,25 @@ wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
     split=r"[A-Za-z0-9_.-]+",
     shard=r"\d+-of-\d+",
+
+
+def all_targets():
+    """Cue caches of every split, then (if the config has a `train` section) the trained run's
+    report on the eval split."""
+    targets = all_cues()
+    if "train" in config:
+        run = config["train"]["run"]
+        targets.append(f"{RUNS}/{run}/eval/{config['eval']['split']}/report.md")
+    return targets
+
+
+def train_overrides(wildcards):
+    return " ".join(f"'{o}'" for o in config["train"].get("overrides", []))
+
+
+def eval_args(wildcards):
+    e = config["eval"]
+    return " ".join((["--tta"] if e.get("tta") else []) + [f"--curve {e.get('curve_images', 0)}"])
 
 
 def all_cues():
