@@ -177,8 +177,8 @@ def validate(cfg: Config) -> None:
         if s[key] < 1:
             raise ConfigError(f"config: solver.{key} must be >= 1, got {s[key]}")
     if s.images_per_step % s.images_per_gpu:
-        raise ConfigError(f"config: solver.images_per_step ({s.images_per_step}) must be a multiple "
-                          f"of solver.images_per_gpu ({s.images_per_gpu})")
+        raise ConfigError(f"config: solver.images_per_step ({s.images_per_step}) must be a "
+                          f"multiple of solver.images_per_gpu ({s.images_per_gpu})")
     if list(s.steps) != sorted(s.steps):
         raise ConfigError(f"config: solver.steps must be increasing, got {s.steps}")
     if not i.train_scales or not i.test_scales:

@@ -113,7 +113,7 @@ class TrainDataset(torch.utils.data.Dataset):
     (``proposal_to_bank`` = -1) that the trainer fills.
     """
 
-    def __init__(self, manifest, cues_store, cfg, seed: int = 0):
+    def __init__(self, manifest, cues_store, cfg, seed: int = 0, verbose: bool = True):
         self.manifest = manifest
         self.store = cues_store
         self.cfg_input = cfg.input
@@ -130,8 +130,10 @@ class TrainDataset(torch.utils.data.Dataset):
                     if img["labels"] and prop_count.get(int(img["id"]), 0) == 0]
         self.ids = [int(img["id"]) for img in manifest.images
                     if img["labels"] and prop_count.get(int(img["id"]), 0) > 0]
-        log(f"train data: {len(self.ids)} images of {len(manifest.images)} in {manifest.path} "
-            f"(skipped {len(unlabelled)} without image labels, {len(no_props)} without proposals)")
+        if verbose:
+            log(f"train data: {len(self.ids)} images of {len(manifest.images)} in {manifest.path} "
+                f"(skipped {len(unlabelled)} without image labels, {len(no_props)} without "
+                f"proposals)")
         if not self.ids:
             raise DataError(f"manifest {manifest.path}: no image with labels and proposals to "
                             f"train on")
@@ -144,6 +146,8 @@ class TrainDataset(torch.utils.data.Dataset):
         return self.sample(int(index), sample_rng(self.seed, step, slot, index))
 
     def sample(self, index: int, rng: np.random.Generator) -> dict:
+        import cv2
+
         c = self.cfg_input
         image_id = self.ids[index]
         img_info = self.manifest.image_by_id[image_id]
@@ -182,8 +186,6 @@ class TrainDataset(torch.utils.data.Dataset):
         props, scores, prop_index = props[keep], scores[keep], order[keep]
 
         img = image[crop[1]:crop[3], crop[0]:crop[2]]
-        import cv2
-
         img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
         if do_flip:
             img = np.ascontiguousarray(img[:, ::-1])
@@ -330,7 +332,14 @@ def batch_to_device(batch: dict, device) -> tuple:
 
 
 def worker_init(_worker_id: int) -> None:
-    """DataLoader workers: one OpenCV thread each (the workers are the parallelism)."""
+    """DataLoader workers: nothing OpenCV-related here. ``cv2.setNumThreads`` in a forked child
+    deadlocks when the parent had started OpenCV's thread pool, so the parent calls
+    :func:`single_threaded_opencv` before the loader forks and the children inherit it."""
+
+
+def single_threaded_opencv() -> None:
+    """One OpenCV thread in this process (call before creating DataLoader workers): the workers
+    are the parallelism, and a process without an OpenCV pool forks safely."""
     import cv2
 
     cv2.setNumThreads(1)

@@ -16,8 +16,8 @@ reference it is measured against, for mask quality and for speed. Per step:
 
 Until the model picks the seeds inside its own forward pass (a model that does sets
 ``handles_online_cues = True`` and reads ``targets[i]["online_image"]``), step 2 is a separate
-no-grad pass of the model in eval mode just before the training forward (:func:`fill_online_targets`):
-the seeds come from the same weights, without dropout.
+no-grad pass of the model in eval mode just before the training forward
+(:func:`fill_online_targets`): the seeds come from the same weights, without dropout.
 """
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ class OnlineGrabCut:
 
     def __init__(self, workers: int = 2, long_side: int = 400, iterations: int = 5,
                  mask_size: int = MASK_SIZE):
-        self.workers, self.long_side, self.iterations = int(workers), int(long_side), int(iterations)
+        self.workers, self.long_side = int(workers), int(long_side)
+        self.iterations = int(iterations)
         self.mask_size = int(mask_size)
         self._pool = None
 

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import config_from_dict, dump_config, load_config, save_config, to_dict
-from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log, worker_init)
+from .config import dump_config, load_config, save_config, to_dict
+from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log,
+                   single_threaded_opencv, worker_init)
 from .errors import ConfigError, PDSLError
 from .io import atomic_path
 
@@ -134,7 +135,8 @@ def load_checkpoint(path) -> dict:
     except FileNotFoundError:
         raise ConfigError(f"checkpoint {path}: file not found") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ConfigError(f"checkpoint {path}: not a readable PDSL/torch checkpoint ({e})") from None
+        raise ConfigError(f"checkpoint {path}: not a readable PDSL/torch checkpoint "
+                          f"({e})") from None
 
 
 def check_classes(ckpt: dict, class_names, path) -> None:
@@ -188,8 +190,8 @@ class StepContext:
 
 def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: StepContext) -> dict:
     """Optimiser step ``step`` (0-based): ``accum`` micro-batches of data → forward → losses →
-    backward (accumulated) → loss check → SGD step → the metrics line (losses averaged over the
-    step's images)."""
+    backward (accumulated) → loss check → SGD step → the metrics line (losses averaged over
+    the step's images)."""
     t_start = time.perf_counter()
     data_time = cue_time = 0.0
     loss_sum = None
@@ -311,14 +313,8 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
     if accum * world * s.images_per_gpu != s.images_per_step:
         raise ConfigError(f"solver.images_per_step ({s.images_per_step}) must be a multiple of "
                           f"world size x solver.images_per_gpu ({world} x {s.images_per_gpu})")
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log(f"train: resolved config\n{dump_config(cfg)}")
-        save_config(cfg, out_dir / "config.yaml")
-        log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
-            f"pass(es) = {s.images_per_step} images per step, device {device}")
-
     seed = cfg.train.seed
+    dataset = TrainDataset(manifest, store, cfg, seed=seed, verbose=main)  # checks the cache
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # same initial weights in every process
@@ -344,7 +340,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
         _set_rng_state(ckpt["rng"])
         start = int(ckpt["step"])
         if main:
-            _report_config_changes(config_from_dict(ckpt["config"]), cfg)
+            _report_config_changes(ckpt.get("config", {}), to_dict(cfg))
             log(f"train: resumed from {ckpt_path} at step {start}"
                 + (f" (--weights {weights} ignored)" if weights else ""))
     elif weights:
@@ -358,6 +354,12 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
         if main:
             log(f"train: model initialised from {weights}")
 
+    if main:  # after the checks above: a refused resume leaves the run directory untouched
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log(f"train: resolved config\n{dump_config(cfg)}")
+        save_config(cfg, out_dir / "config.yaml")
+        log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
+            f"pass(es) = {s.images_per_step} images per step, device {device}")
     if start >= s.max_iter:
         if main:
             log(f"train: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
@@ -369,9 +371,9 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.train.find_unused_parameters)
 
-    dataset = TrainDataset(manifest, store, cfg, seed=seed)
     sampler = TrainBatchSampler(len(dataset), seed, s.images_per_step, s.images_per_gpu, start,
                                 s.max_iter, rank, world)
+    single_threaded_opencv()  # before the workers fork (see pdsl.data.worker_init)
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=sampler, collate_fn=Collate(cfg.input.size_divisibility),
         num_workers=cfg.train.num_workers, worker_init_fn=worker_init,
@@ -435,9 +437,10 @@ def _truncate_metrics(path: Path, start: int) -> None:
         tmp.write_text("".join(line + "\n" for line in keep))
 
 
-def _report_config_changes(old, new, prefix="") -> None:
+def _report_config_changes(old: dict, new: dict, prefix="") -> None:
+    """Log every key whose value differs from the checkpoint's config (e.g. a longer max_iter)."""
     for k, v in new.items():
-        ov = old.get(k)
+        ov = old.get(k) if isinstance(old, dict) else None
         if isinstance(v, dict):
             _report_config_changes(ov or {}, v, f"{prefix}{k}.")
         elif ov != v:

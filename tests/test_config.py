@@ -1,4 +1,4 @@
-"""Config: defaults ← file ← KEY=VALUE overrides, typed, unknown keys refused with the valid ones."""
+"""Config: defaults ← file ← KEY=VALUE overrides, typed; unknown keys refused, valid ones listed."""
 from __future__ import annotations
 
 import pickle

@@ -60,10 +60,12 @@ def test_twenty_steps_lower_the_loss(tiny, tmp_path):
     for key in ("lr", "loss_mil", "loss_refine", "loss_mask_agnostic", "total", "data_time",
                 "cue_time", "step_time"):
         assert key in m[0]
-    for key, ratio in (("loss_mil", 0.7), ("total", 0.9)):
-        first = np.mean([x[key] for x in m[:3]])
-        last = np.mean([x[key] for x in m[-3:]])
-        assert last < ratio * first, (key, [round(x[key], 3) for x in m])
+    # The MIL loss has fixed targets (the image labels) and must fall steadily; the other terms
+    # learn from pseudo labels that change as the detector improves, so the total only has to
+    # reach clearly lower values (eq. 5's image-score weight can raise it again later).
+    mil, total = [x["loss_mil"] for x in m], [x["total"] for x in m]
+    assert np.mean(mil[-3:]) < 0.5 * np.mean(mil[:3]), np.round(mil, 3)
+    assert min(total[10:]) < 0.8 * np.mean(total[:3]), np.round(total, 3)
     assert (tmp_path / "last_checkpoint").read_text().strip() == "checkpoints/model_0000020.pth"
     ck = _state(tmp_path / "checkpoints/model_0000020.pth")
     assert ck["step"] == 20 and ck["class_names"] == ["a", "b", "c"]
@@ -82,7 +84,8 @@ def test_stop_and_resume_equals_uninterrupted(tiny, tmp_path):
     assert not (part / "checkpoints/model_0000006.pth").exists()
     # the resumed half runs with a DataLoader worker: data must not depend on num_workers
     _train(tiny, part, *aug, "train.num_workers=1", max_iter=6, resume=True)
-    a, b = _state(full / "checkpoints/model_0000006.pth"), _state(part / "checkpoints/model_0000006.pth")
+    a = _state(full / "checkpoints/model_0000006.pth")
+    b = _state(part / "checkpoints/model_0000006.pth")
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
