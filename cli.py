@@ -50,13 +50,13 @@ _seed_options = [
     click.option("--mask-size", type=click.IntRange(28), default=None,
                  help="Bank mask side M (>= 28). Default 28."),
     click.option("--crop-size", type=click.IntRange(16), default=None,
-                 help="Long side (px) of the box crop GrabCut runs on. Default 64."),
+                 help="Long side (px) of the box crop GrabCut runs on. Default 72."),
     click.option("--iterations", type=click.IntRange(1), default=None,
-                 help="GrabCut iterations. Default 5 (as the authors)."),
+                 help="GrabCut iterations. Default 3 (the authors use 5 on whole images)."),
     click.option("--cluster-iou", type=click.FloatRange(0.3, 1.0), default=None,
-                 help="Proposals with IoU >= this share a representative's mask. Default 0.7."),
+                 help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
-                 help="At most this many GrabCut masks per image. Default 400."),
+                 help="At most this many GrabCut masks per image. Default 220."),
 ]
 
 

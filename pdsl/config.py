@@ -27,6 +27,7 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 # Keys whose value must be one of a few words (checked after merging).
 CHOICES = {
     "cues.source": ("cache", "online"),
+    "solver.optimizer": ("sgd", "adamw"),
     "cues.degenerate": ("ignore", "keep"),
     "train.device": ("auto", "cpu", "cuda"),
 }

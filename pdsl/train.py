@@ -54,6 +54,8 @@ def build_model(cfg, num_classes: int):
 def build_optimizer(cfg, model):
     s = cfg.solver
     params = [p for p in model.parameters() if p.requires_grad]
+    if s.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=s.base_lr, weight_decay=s.weight_decay)
     return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
