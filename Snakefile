@@ -7,6 +7,7 @@
 #   DATA/cues/<dataset>/<split>/seeds-I-of-N.h5          seeds      one job per shard (GrabCut)
 #   DATA/cues/<dataset>/<split>/cues.h5                  merge      the one file the trainer opens
 #   DATA/cues/<dataset>/<split>/{logs,benchmarks}/       per-job logs and Snakemake benchmarks
+#   RUNS/<run>/backbone.pth                              pretrain   (optional: image-level init)
 #   RUNS/<run>/{config.yaml,checkpoints/,metrics.jsonl}   train      (RUNS = config "runs_dir")
 #   RUNS/<run>/eval/<split>/{report.md,metrics.json,coco_instances_results.json}   eval
 #
@@ -27,6 +28,7 @@ include: "pipeline/rules/prepare.smk"
 include: "pipeline/rules/proposals.smk"
 include: "pipeline/rules/seeds.smk"
 include: "pipeline/rules/merge.smk"
+include: "pipeline/rules/pretrain.smk"
 include: "pipeline/rules/train.smk"
 include: "pipeline/rules/eval.smk"
 

@@ -8,7 +8,8 @@ scale 1/16).
   (first block stride 1, later blocks dilation 2).
 * ``resnet18_trunc``: ResNet-18 stem + layer1..layer3 (C4, 256 channels, stride 16); standard
   widths, so ImageNet weights load. The fast CPU choice with pretrained weights.
-* ``tiny``: an 8-layer plain CNN (GroupNorm, 128 channels, stride 16) for from-scratch CPU runs.
+* ``tiny``: a 6-conv CNN with max-pooling (128 channels, stride 16) for CPU runs, pretrained on
+  the dataset's own image-level labels (``cli.py pretrain-backbone``).
 
 BatchNorm is frozen (``FrozenBatchNorm2d``) by default: the paper trains with 1 image per GPU.
 """
@@ -55,25 +56,33 @@ class ResNetBackbone(nn.Module):
 
 
 class TinyBackbone(nn.Module):
-    """Plain CNN for from-scratch CPU training: 4 stages (32, 64, 128, ``width`` channels), each a
-    stride-2 conv3×3 then a stride-1 conv3×3, GroupNorm(8) + ReLU after every conv → stride 16,
-    receptive field ~190 px (a 5-conv version with a 63-px field did not learn the synthetic
-    benchmark from scratch)."""
+    """Small CNN for CPU runs on the synthetic benchmark (the architecture of
+    ``pipeline/scripts/probe_learnability.py``): conv5×5/2 (32), then conv3×3 blocks 32, 64, 128
+    each followed by max-pool /2, then two conv3×3 blocks at 128 → stride 16, 128 channels;
+    BatchNorm (or FrozenBatchNorm2d) + ReLU after every conv.
 
-    def __init__(self, width: int = 128):
+    Trained from scratch inside PDSL it stays at the class-frequency prior (measured); pretrain it
+    as an image-level classifier on the same labels first (``cli.py pretrain-backbone``), the
+    stand-in for the paper's ImageNet initialisation, and load that file as ``pretrained``.
+    """
+
+    def __init__(self, width: int = 32, norm=nn.BatchNorm2d):
         super().__init__()
-        chans = [32, 64, 128, width]
-        layers, cin = [], 3
-        for cout in chans:
-            for stride in (2, 1):
-                layers += [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.GroupNorm(8, cout),
-                           nn.ReLU(inplace=True)]
-                cin = cout
+        w = width
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True)]
+
+        layers = [nn.Conv2d(3, w, 5, stride=2, padding=2, bias=False), norm(w), nn.ReLU(inplace=True)]
+        layers += block(w, w) + [nn.MaxPool2d(2)]
+        layers += block(w, 2 * w) + [nn.MaxPool2d(2)]
+        layers += block(2 * w, 4 * w) + [nn.MaxPool2d(2)]
+        layers += block(4 * w, 4 * w) + block(4 * w, 4 * w)
         self.body = nn.Sequential(*layers)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        self.out_channels = width
+        self.out_channels = 4 * w
         self.stride = 16
 
     def forward(self, images: Tensor) -> Tensor:
@@ -146,7 +155,8 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike) -> dict:
         raise ConfigError(
             f"pretrained weights {path} do not fit the backbone: missing {show(missing)}; "
             f"unexpected {show(unexpected)}; shape mismatch {show(mismatched)}. A torchvision "
-            f"ResNet state dict of the same depth is expected.")
+            f"ResNet state dict of the same depth (or a `cli.py pretrain-backbone` file for "
+            f"'tiny') is expected.")
     backbone.load_state_dict(sd, strict=False)
     return {"loaded": len(sd), "ignored": ignored}
 
@@ -160,16 +170,19 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None,
         pretrained: None (random init), ``"torchvision"`` (ImageNet weights from the local torch
             hub cache; never downloads) or the path of a torchvision ResNet ``.pth`` state dict.
         frozen_bn: FrozenBatchNorm2d (statistics and affine fixed) instead of BatchNorm2d.
-            Ignored by ``tiny`` (GroupNorm).
         freeze_at: ResNets only: 0 trains everything, 1 freezes the stem, 2 stem + layer1
             (detectron2's FREEZE_AT).
     """
     if name not in BACKBONES:
         raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     if name == "tiny":
+        if pretrained == "torchvision":
+            raise ConfigError("backbone 'tiny' has no torchvision weights: pretrain it with "
+                              "`cli.py pretrain-backbone` and pass that file")
+        backbone = TinyBackbone(norm=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
         if pretrained is not None:
-            raise ConfigError("backbone 'tiny' has no pretrained weights; use pretrained=None")
-        return TinyBackbone()
+            load_backbone_weights(backbone, pretrained)
+        return backbone
     ctor, _ = _TV[name]
     norm = FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d
     kwargs = {"weights": None, "norm_layer": norm}

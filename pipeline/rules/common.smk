@@ -26,7 +26,20 @@ def all_targets():
 
 
 def train_overrides(wildcards):
-    return " ".join(f"'{o}'" for o in config["train"].get("overrides", []))
+    overrides = list(config["train"].get("overrides", []))
+    if "pretrain" in config:
+        overrides.append(f"model.pretrained={RUNS}/{wildcards.run}/backbone.pth")
+    return " ".join(f"'{o}'" for o in overrides)
+
+
+def train_inputs(wildcards):
+    """The pretrained backbone, when the config has a `pretrain` section."""
+    return [f"{RUNS}/{wildcards.run}/backbone.pth"] if "pretrain" in config else []
+
+
+def pretrain_args(wildcards):
+    p = config["pretrain"]
+    return " ".join(f"--{k} {v}" for k, v in p.items())
 
 
 def eval_args(wildcards):

@@ -4,6 +4,7 @@ rule train:
         manifest=f"{DATA}/{DATASET}/{config['train']['split']}.json",
         cues=f"{DATA}/cues/{DATASET}/{config['train']['split']}/cues.h5",
         config=config["train"]["config"],
+        backbone=train_inputs,
     output:
         # a marker, not the checkpoint pointer: Snakemake deletes the outputs of a failed job,
         # and RUN/last_checkpoint must survive a kill for --resume to continue the run
