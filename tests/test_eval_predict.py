@@ -83,7 +83,7 @@ def test_cli_eval_writes_results_metrics_report(run):
     assert "| mask |" in report
     for png in ("predictions.png", "seed_masks.png", "loss_curves.png", "ap_curve.png"):
         assert (out / png).is_file() and f"]({png})" in report, png
-    curve = [json.loads(line) for line in (run / "run" / "ap_curve.jsonl").read_text().split()]
+    curve = [json.loads(line) for line in (run / "run" / "ap_curve.jsonl").read_text().splitlines()]
     assert [c["step"] for c in curve] == [2, 3]
 
 

@@ -52,7 +52,8 @@ def _state(path):
 
 def test_twenty_steps_lower_the_loss(tiny, tmp_path):
     # every step sees all 5 labelled images, unaugmented: the losses are comparable across steps
-    _train(tiny, tmp_path, "model.dropout=0.0", "input.crop=1.0", "input.flip=false",
+    _train(tiny, tmp_path, "model.frozen_bn=false", "model.dropout=0.0", "input.crop=1.0",
+           "input.flip=false",
            "input.hsv_jitter=1.0", "solver.base_lr=0.01", "solver.max_iter=20",
            "solver.images_per_step=5", "solver.images_per_gpu=5")
     m = _metrics(tmp_path)
