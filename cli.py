@@ -35,7 +35,10 @@ def cli():
       prepare-data  dataset -> manifest json (COCO format + image-level labels)
       cache-cues    manifest -> proposals + GrabCut seed-mask bank in one HDF5 file
       cue-report    proposal recall, bank coverage and seed-mask quality of a cache
+      pretrain-backbone  image-level initialisation on the same labels (no ImageNet offline)
       train         manifest + cues -> run dir (config, metrics, checkpoints)
+      eval          run + split -> metrics (pycocotools), results json, report.md
+      predict       run + any images -> overlays and a COCO json (no cache needed)
     Stage pieces used by Snakemake shards: proposals-shard, seeds-shard, merge-cues.
     """
 
