@@ -346,23 +346,19 @@ def single_threaded_opencv() -> None:
 
 
 # -- test time -------------------------------------------------------------------------------------
-def load_test_image(manifest, cues_store, image_id: int, scale: int, max_size: int | None,
-                    pixel_mean, pixel_std, flip: bool = False, max_proposals: int | None = None):
-    """One image at test scale ``scale`` (shorter side, capped by ``max_size``), optionally
-    flipped, with its proposals in that frame.
+def inference_view(image: np.ndarray, boxes: np.ndarray, scale: int, max_size: int | None,
+              flip: bool = False):
+    """One test-time view: ``image`` (uint8 [H, W, 3]) resized so its shorter side is ``scale``
+    (longer side capped by ``max_size``), optionally mirrored, and ``boxes`` (float [P, 4],
+    original-image pixels, clipped to the image) mapped into that frame.
 
-    Returns a dict: ``image`` float32 [3, h, w]; ``proposals`` float32 [P, 4] (resized frame);
-    ``proposal_scores`` [P]; ``image_id``; ``orig_size`` (H, W); ``scale`` (sx, sy) original →
-    resized; ``flipped``. Map boxes back with ``flip_boxes(b, w)`` (if flipped) then ``/ scale``.
+    Returns ``(image uint8 [h, w, 3], boxes float32 [P, 4], sx, sy)`` with ``sx = w / W``; map
+    boxes back with ``flip_boxes(b, w)`` (if flipped) then ``/ [sx, sy, sx, sy]``.
     """
     import cv2
 
-    img_info = manifest.image_by_id[int(image_id)]
-    image = read_image(manifest.image_path(img_info), image_id)
     H, W = image.shape[:2]
-    cues = cues_store.get(int(image_id), with_bank=False)
-    order = np.argsort(-cues.scores, kind="stable")[:max_proposals]
-    boxes = cues.boxes[order].astype(np.float32)
+    boxes = np.asarray(boxes, np.float32).copy()
     boxes[:, 0::2] = boxes[:, 0::2].clip(0, W)
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, H)
     nh, nw = scaled_size(H, W, scale, max_size)
@@ -372,6 +368,24 @@ def load_test_image(manifest, cues_store, image_id: int, scale: int, max_size: i
     if flip:
         img = np.ascontiguousarray(img[:, ::-1])
         boxes = flip_boxes(boxes, nw)
+    return img, boxes, sx, sy
+
+
+def load_test_image(manifest, cues_store, image_id: int, scale: int, max_size: int | None,
+                    pixel_mean, pixel_std, flip: bool = False, max_proposals: int | None = None):
+    """One image at test scale ``scale`` (shorter side, capped by ``max_size``), optionally
+    flipped, with its proposals in that frame.
+
+    Returns a dict: ``image`` float32 [3, h, w]; ``proposals`` float32 [P, 4] (resized frame);
+    ``proposal_scores`` [P]; ``image_id``; ``orig_size`` (H, W); ``scale`` (sx, sy) original →
+    resized; ``flipped``. Map boxes back with ``flip_boxes(b, w)`` (if flipped) then ``/ scale``.
+    """
+    img_info = manifest.image_by_id[int(image_id)]
+    image = read_image(manifest.image_path(img_info), image_id)
+    H, W = image.shape[:2]
+    cues = cues_store.get(int(image_id), with_bank=False)
+    order = np.argsort(-cues.scores, kind="stable")[:max_proposals]
+    img, boxes, sx, sy = inference_view(image, cues.boxes[order], scale, max_size, flip)
     return dict(image=normalize_image(img, pixel_mean, pixel_std), proposals=boxes,
                 proposal_scores=cues.scores[order].astype(np.float32), image_id=int(image_id),
                 orig_size=np.array([H, W], np.int64), scale=np.array([sx, sy], np.float32),

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .cues.seeds import paste_mask
-from .data import flip_boxes, normalize_image, scaled_size
+from .data import flip_boxes, inference_view, normalize_image
 
 
 @dataclass
@@ -55,7 +55,6 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
     (0-based class index), ``masks bool [K, H, W]`` (if ``with_masks``), ``class_scores [C]``
     (image-level: max over proposals of the averaged detection scores).
     """
-    import cv2
     from torchvision.ops import batched_nms
 
     was_training = model.training
@@ -64,17 +63,10 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
     order = np.argsort(-proposal_scores, kind="stable")[:p.max_proposals]
     props = np.asarray(proposals, np.float32)[order]
     pscores = np.asarray(proposal_scores, np.float32)[order]
-    props[:, 0::2] = props[:, 0::2].clip(0, W)
-    props[:, 1::2] = props[:, 1::2].clip(0, H)
     sum_scores, sum_boxes, kept = None, None, []
     for scale, flip in _passes(p):
-        nh, nw = scaled_size(H, W, scale, p.max_size)
-        sx, sy = nw / W, nh / H
-        img = cv2.resize(image_bgr, (nw, nh), interpolation=cv2.INTER_LINEAR)
-        b = props * np.array([sx, sy, sx, sy], np.float32)
-        if flip:
-            img = np.ascontiguousarray(img[:, ::-1])
-            b = flip_boxes(b, nw)
+        img, b, sx, sy = inference_view(image_bgr, props, scale, p.max_size, flip)
+        nh, nw = img.shape[:2]
         x = torch.from_numpy(normalize_image(img, p.pixel_mean, p.pixel_std))[None].to(device)
         feats = model.backbone(x)
         det = model.detect(feats, [torch.from_numpy(b).to(device)],
