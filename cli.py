@@ -50,16 +50,28 @@ def _seed_params(**kw):
 
 
 _seed_options = [
+    click.option("--seed-method", "--method", "method",
+                 type=click.Choice(["grabcut", "grabcut_rect", "ellipse", "box", "mcg", "mcg_grabcut"]),
+                 default=None, help="How a box's seed mask is made. Default grabcut (GrabCut "
+                 "initialised with a sure-foreground core: no empty masks on real photos); "
+                 "grabcut_rect = rectangle init (earlier versions); mcg / mcg_grabcut need MCG "
+                 "'-proposals' segments."),
+    click.option("--fallback", type=click.Choice(["ellipse", "box", "none"]), default=None,
+                 help="Mask stored where the method degenerates. Default ellipse (box = the "
+                 "authors' code; none keeps the empty mask, flagged)."),
     click.option("--mask-size", type=click.IntRange(28), default=None,
                  help="Bank mask side M (>= 28). Default 28."),
     click.option("--crop-size", type=click.IntRange(16), default=None,
-                 help="Long side (px) of the box crop GrabCut runs on. Default 72."),
+                 help="Long side (px) of the box crop GrabCut runs on. Default 64."),
     click.option("--iterations", type=click.IntRange(1), default=None,
-                 help="GrabCut iterations. Default 3 (the authors use 5 on whole images)."),
+                 help="GrabCut iterations. Default 2 (the authors use 5 on whole images)."),
+    click.option("--core", type=click.FloatRange(0.0, 1.0), default=None,
+                 help="grabcut: sure-foreground core, as a fraction of the inscribed ellipse's "
+                 "axes. Default 0.7."),
     click.option("--cluster-iou", type=click.FloatRange(0.3, 1.0), default=None,
                  help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
-                 help="At most this many GrabCut masks per image. Default 220."),
+                 help="At most this many seed masks per image. Default 120."),
 ]
 
 

@@ -29,6 +29,8 @@ CHOICES = {
     "cues.source": ("cache", "online"),
     "solver.optimizer": ("sgd", "adamw"),
     "cues.degenerate": ("ignore", "keep"),
+    "cues.reproject": ("warp", "cut"),
+    "cues.seed_source": ("bank", "mcg"),
     "train.device": ("auto", "cpu", "cuda"),
 }
 

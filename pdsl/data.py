@@ -119,6 +119,12 @@ class TrainDataset(torch.utils.data.Dataset):
         self.cfg_input = cfg.input
         self.online = cfg.cues.source == "online"
         self.degenerate = cfg.cues.degenerate
+        self.reproject = cfg.cues.reproject
+        self.seed_source = cfg.cues.seed_source
+        if self.seed_source == "mcg" and not cues_store.has_segments:
+            from .errors import CacheError
+            raise CacheError(f"cues.seed_source=mcg: {cues_store.path} has no MCG segments (cache "
+                             f"it from MCG '-proposals' files, or use cues.seed_source=bank)")
         self.seed = int(seed)
         cues_store.check_manifest(manifest, require_bank=not self.online)
         if not self.online and cues_store.mask_size < 1:
@@ -157,7 +163,8 @@ class TrainDataset(torch.utils.data.Dataset):
             raise DataError(f"image {image_id} ({self.manifest.image_path(img_info)}) is {W}x{H} "
                             f"but the manifest says {img_info['width']}x{img_info['height']}")
         t0 = time.perf_counter()
-        cues = self.store.get(image_id, with_bank=not self.online)
+        cues = self.store.get(image_id, with_bank=not self.online,
+                              with_segments=self.seed_source == "mcg")
         cue_time = time.perf_counter() - t0
 
         # All draws first, in a fixed order, so that a config change does not shift the others.
@@ -208,14 +215,29 @@ class TrainDataset(torch.utils.data.Dataset):
 
         # The bank: only the rows the kept proposals use, renumbered.
         rows = cues.bank_row[prop_index].astype(np.int64)
-        if len(cues.bank_boxes) == 0:  # a cache without masks for this image: one invalid row
+        if self.seed_source == "mcg":  # each proposal's own MCG segment, in its own box
+            off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
+            bank_boxes = (cues.boxes[prop_index] - off) * np.array([sx, sy, sx, sy], np.float32)
+            bank_masks = cues.segments[prop_index]
+            valid = (bank_masks >= 128).reshape(len(bank_masks), -1).any(1)
+            to_bank = np.arange(len(prop_index))
+            if do_flip:
+                bank_boxes = flip_boxes(bank_boxes, nw)
+                bank_masks = bank_masks[:, :, ::-1]
+        elif len(cues.bank_boxes) == 0:  # a cache without masks for this image: one invalid row
             M = self.store.mask_size
             bank_boxes, bank_masks = props[:1].copy(), np.zeros((1, M, M), np.uint8)
             valid, to_bank = np.zeros(1, bool), np.zeros(len(props), np.int64)
         else:
-            used, to_bank = np.unique(rows, return_inverse=True)
+            if self.reproject == "warp":
+                # each proposal takes its representative's box-frame mask in ITS OWN box
+                used, to_bank = rows, np.arange(len(rows))
+                frame = cues.boxes[prop_index]
+            else:  # "cut": the representative's mask stays at the representative's box
+                used, to_bank = np.unique(rows, return_inverse=True)
+                frame = cues.bank_boxes[used]
             off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
-            bank_boxes = (cues.bank_boxes[used] - off) * np.array([sx, sy, sx, sy], np.float32)
+            bank_boxes = (frame - off) * np.array([sx, sy, sx, sy], np.float32)
             bank_masks = cues.bank_masks[used]
             valid = bank_valid_mask(cues.bank_status[used], self.degenerate)
             if do_flip:

@@ -128,9 +128,19 @@ def test_cli_cue_report_json(tiny, tmp_path):
              "--max-images", 2)
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert set(rep["recall"]) == {"iou_0.5", "iou_0.7", "mean_best_iou"}
+    assert set(rep["recall"]) == {"iou_0.5", "iou_0.7", "mean_best_iou", "iou_0.5_ge_32px"}
     s = rep["seed_masks"]
     assert s["online_s_per_box"] > s["cached_s_per_box"] > 0
+    # every method on both boxes, each row complete; the filled box is never empty
+    t = s["methods"]
+    assert {"box", "ellipse", "grabcut", "grabcut_rect_v1", "online"} <= set(t)
+    assert set(t["cached"]) == {"matched"} and set(t["grabcut"]) == {"matched", "gt"}
+    for v in t.values():
+        for e in v.values():
+            assert e["n"] == rep["gt"]["instances"] and 0 <= e["mean_iou"] <= 1
+            assert set(e) >= {"median_iou", "empty", "full", "ms_per_box", "by_size", "label"}
+    assert t["box"]["gt"]["empty"] == 0 and t["box"]["gt"]["full"] == 1
+    assert t["grabcut"]["gt"]["empty"] == 0  # falls back to a shape, never to nothing
     r = _cli("cue-report", "--manifest", tiny / "val.json", "--cues", tmp_path / "nope.h5")
     assert r.returncode == 2 and "nope.h5: file not found" in r.stderr
 

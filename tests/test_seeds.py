@@ -1,10 +1,13 @@
 """GrabCut seed bank: clustering, box-frame geometry, GrabCut on a clear object, degenerate cases."""
 import cv2
 import numpy as np
+import pytest
 
+from pdsl.cues.grabcut import inscribed_ellipse
 from pdsl.cues.seeds import (SeedParams, _resample_box, build_bank, cluster_proposals,
-                             grabcut_box, grabcut_online, paste_mask)
-from pdsl.cues.store import STATUS_EMPTY, STATUS_OK, STATUS_TINY
+                             grabcut_box, grabcut_online, paste_mask, seed_mask)
+from pdsl.cues.store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS_TINY
+from pdsl.errors import CacheError, DataError
 
 
 def _scene(seed=0, H=120, W=160):
@@ -74,16 +77,69 @@ def test_grabcut_box_beats_filled_box_and_matches_online():
     assert _iou(online, gt) > 0.9
 
 
-def test_degenerate_boxes_are_flagged():
+def test_degenerate_results_fall_back_to_a_shape_never_to_nothing():
     img, gt, box = _scene()
-    flat = np.full_like(img, 128)  # nothing to separate: GrabCut keeps nothing or fails
+    flat = np.full_like(img, 128)  # nothing to separate: rectangle GrabCut keeps nothing or fails
+    m, status = grabcut_box(flat, box, SeedParams(method="grabcut_rect", fallback="none"))
+    assert status == STATUS_EMPTY and (m < 128).mean() > 0.98
+    m, status = grabcut_box(flat, box, SeedParams(method="grabcut_rect", fallback="ellipse"))
+    assert status == STATUS_FALLBACK and (m == (inscribed_ellipse(28) * 255)).all()
+    m, status = grabcut_box(flat, box, SeedParams(method="grabcut_rect", fallback="box"))
+    assert status == STATUS_FALLBACK and (m == 255).all()
+    # the default (mask-initialised) GrabCut keeps at least its sure-foreground core
     m, status = grabcut_box(flat, box, SeedParams())
-    assert status != STATUS_OK
+    core = inscribed_ellipse(28, 0.7) > 0
+    assert status == STATUS_OK and (m[core] >= 128).all()
     m, status = grabcut_box(img, np.array([5, 5, 6.5, 6.5], np.float32), SeedParams())
     assert status == STATUS_TINY and (m == 255).all()
     bg_box = np.array([2, 2, 30, 30], np.float32)  # pure background texture
     _, status = grabcut_box(img, bg_box, SeedParams())
-    assert status in (STATUS_OK, STATUS_EMPTY)  # allowed either way; must not crash
+    assert status in (STATUS_OK, STATUS_FULL)  # never empty
+
+
+def test_masked_grabcut_survives_where_rectangle_grabcut_collapses():
+    """A low-contrast object on a busy background (the common real-photo case): rectangle-initialised
+    GrabCut gives everything to the background colour model and returns an empty mask; the sure
+    foreground core keeps the object's colours in the foreground model."""
+    rng = np.random.default_rng(0)
+    H, W = 120, 160
+    img = rng.normal(110, 35, (H, W, 3)).clip(0, 255).astype(np.uint8)
+    gt = np.zeros((H, W), np.uint8)
+    cv2.ellipse(gt, (80, 60), (30, 22), 0, 0, 360, 1, -1)
+    img[gt > 0] = rng.normal([125, 110, 95], 12, (int(gt.sum()), 3)).clip(0, 255)
+    ys, xs = np.nonzero(gt)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+    gt = gt.astype(bool)
+    m_rect, s_rect = grabcut_box(img, box, SeedParams(method="grabcut_rect", fallback="none"))
+    assert s_rect == STATUS_EMPTY
+    m, status = grabcut_box(img, box, SeedParams())
+    got = paste_mask(m, box, H, W)
+    ell = paste_mask((inscribed_ellipse(28) * 255).astype(np.uint8), box, H, W)
+    assert status == STATUS_OK and _iou(got, gt) > 0.9
+    filled = paste_mask(np.full((28, 28), 255, np.uint8), box, H, W)
+    assert _iou(got, gt) > _iou(filled, gt)
+
+
+def test_shape_methods_and_mcg_segments():
+    img, gt, box = _scene()
+    m, s = grabcut_box(img, box, SeedParams(method="ellipse"))
+    assert s == STATUS_OK and (m == (inscribed_ellipse(28) * 255)).all()
+    m, s = grabcut_box(img, box, SeedParams(method="box"))
+    assert (m == 255).all()
+    left = np.zeros((28, 28), np.uint8)
+    left[:, :14] = 255  # an MCG segment covering the left half of the box
+    m, s = seed_mask(img, box, SeedParams(method="mcg"), left)
+    assert s == STATUS_OK and (m == left).all()
+    # mcg_grabcut = MCG segment AND GrabCut: inside the left half only, and not empty
+    m, s = seed_mask(img, box, SeedParams(method="mcg_grabcut"), left)
+    assert s == STATUS_OK and not (m[:, 14:] > 0).any() and (m[:, :14] >= 128).mean() > 0.5
+    # an empty segment falls back to the shape
+    m, s = seed_mask(img, box, SeedParams(method="mcg", fallback="box"), np.zeros((28, 28), np.uint8))
+    assert s == STATUS_FALLBACK and (m == 255).all()
+    with pytest.raises(CacheError, match="needs MCG segments"):
+        seed_mask(img, box, SeedParams(method="mcg"))
+    with pytest.raises(DataError, match="seed method 'crf'"):
+        SeedParams(method="crf")
 
 
 def test_build_bank_maps_every_proposal():

@@ -77,6 +77,10 @@ def compute_seeds_shard(manifest: Manifest | str, proposals_file, out, params: S
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     props = CueStore(proposals_file)
+    if params.needs_segments and not props.has_segments:
+        raise CacheError(f"seed method {params.method!r} needs MCG segments, but {proposals_file} has "
+                         f"none: use MCG '-proposals' files (mcg:DIR with segments) or --seed-method "
+                         f"grabcut")
     meta = {k: props.meta(k) for k in ("dataset", "split", "num_classes", "class_names",
                                        "manifest", "shard", "proposal_source")}
     meta["seeds"] = params.to_dict()
@@ -91,7 +95,8 @@ def compute_seeds_shard(manifest: Manifest | str, proposals_file, out, params: S
             if file_sha1(path) != c.file_sha1:
                 raise CacheError(f"image {image_id} ({path}) changed since its proposals were "
                                  f"computed ({proposals_file}): stale, delete that file and rerun")
-            bank = build_bank(read_image(path, image_id), c.boxes, c.scores, params)
+            bank = build_bank(read_image(path, image_id), c.boxes, c.scores, params,
+                              segments=c.segments if params.needs_segments else None)
             w.add(c.image_id, c.height, c.width, c.file_sha1, c.boxes, c.scores,
                   segments=c.segments, **bank)
             if progress:

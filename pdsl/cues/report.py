@@ -9,7 +9,7 @@ from ..boxes import box_iou
 from ..errors import DataError
 from ..io import read_image
 from ..manifest import load_manifest
-from .seeds import SeedParams, grabcut_box, grabcut_online, paste_mask
+from .seeds import SeedParams, grabcut_online, paste_mask, seed_mask
 from .store import STATUS_NAMES, CueStore
 
 
@@ -51,15 +51,56 @@ def _box_mask(box, H, W):
     return m
 
 
-def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | None = None) -> dict:
-    """Proposal recall, bank coverage, GrabCut status counts and seed-mask IoU vs GT.
+SIZES = (("small", 0, 32 ** 2), ("medium", 32 ** 2, 96 ** 2), ("large", 96 ** 2, float("inf")))
+V1_PARAMS = dict(method="grabcut_rect", fallback="none", crop_size=72, iterations=3)
 
-    Seed-mask quality: for each GT instance, the proposal with the highest IoU to its box; the
-    cached mask of that proposal's representative, pasted at the representative box and cut to the
-    proposal's box (what the trainer's re-projection does); its IoU with the GT mask. Beside it the
-    authors' online GrabCut (whole image at 400 px, 5 iterations) on the same proposal box, and the
-    plain filled box as a floor. Seconds per box: offline GrabCut on the representative box with
-    the cache's parameters vs the online setting.
+
+def method_specs(params: SeedParams, has_segments: bool, online: bool) -> dict:
+    """The seed-mask methods a report compares: name -> (label, fn(image, box, segment) -> uint8
+    [M, M] box-frame mask). The cache's own parameters are used for its method; ``grabcut_rect_v1``
+    is the earlier versions' default bank (rectangle init, 72-px crop, 3 iterations, no fallback)."""
+    M = params.mask_size
+    base = {k: v for k, v in params.to_dict().items() if k not in ("method",)}
+
+    def with_method(method, **over):
+        p = SeedParams(**{**base, **over, "method": method})
+        return lambda image, box, seg: seed_mask(image, box, p, seg)[0]
+
+    specs = {"box": ("filled box", with_method("box")),
+             "ellipse": ("inscribed ellipse", with_method("ellipse")),
+             "grabcut": ("GrabCut, sure-fg core (default)", with_method("grabcut")),
+             "grabcut_rect_v1": ("GrabCut, rectangle, 72-px crop, 3 it (earlier bank)",
+                                 with_method(**V1_PARAMS))}
+    if has_segments:
+        specs["mcg"] = ("MCG segment", with_method("mcg"))
+        specs["mcg_grabcut"] = ("MCG segment AND GrabCut", with_method("mcg_grabcut"))
+    if online:
+        specs["online"] = ("GrabCut online, authors' setting (400 px, 5 it)",
+                           lambda image, box, seg: grabcut_online(image, box, M))
+    return specs
+
+
+def _summary(rows: list) -> dict:
+    iou = np.array([r[0] for r in rows], np.float64)
+    frac = np.array([r[1] for r in rows], np.float64)
+    return {"n": int(len(iou)), "mean_iou": float(iou.mean()), "median_iou": float(np.median(iou)),
+            "empty": float((frac < 0.02).mean()), "full": float((frac > 0.98).mean())}
+
+
+def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | None = None,
+               methods: bool = True) -> dict:
+    """Proposal recall, bank coverage, bank status and seed-mask quality vs GT, by method and size.
+
+    For every non-crowd GT instance two boxes are scored: the proposal with the highest IoU to its
+    GT box (*matched*: what training sees) and the GT box itself (*gt*: each method's own ceiling).
+    ``cached`` is the bank's mask of the matched proposal's representative placed in the
+    proposal's own box (the trainer's default re-projection, ``cues.reproject=warp``);
+    ``cached_cut`` pastes it at the representative's box and cuts it to the proposal's. The other
+    methods (:func:`method_specs`: filled box, inscribed ellipse, the default GrabCut, the earlier
+    rectangle GrabCut, MCG segments where the cache has them, and the authors' online GrabCut
+    unless ``online`` is False) run on the box itself. For each: mean and median IoU with the GT
+    mask, the fraction of empty (< 2 % of the box) and full (> 98 %) masks, ms per box, and the
+    mean IoU by COCO size (small < 32^2 < medium < 96^2 < large, GT mask area).
     """
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
@@ -74,13 +115,17 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
                                   "max": int(counts.max())}
     rep["bank_per_image"] = {"mean": float(bank_counts.mean()), "min": int(bank_counts.min()),
                              "max": int(bank_counts.max())}
-    cov, status = [], []
-    best_ious, seed_rows = [], []
-    t_cached = t_online = 0.0
-    n_timed = 0
+    specs = method_specs(params, store.has_segments, online) if methods else {}
+    if not methods and online:
+        specs = {k: v for k, v in method_specs(params, False, True).items() if k in ("online",)}
+    cov, status, best_ious, areas = [], [], [], []
+    names = ["cached", "cached_cut", *specs]
+    rows = {(name, on): [] for name in names for on in ("matched", "gt")}
+    seconds = {name: 0.0 for name in names}
+    timed = {name: 0 for name in names}
     evaluated = 0
     for img in manifest.images:
-        c = store.get(img["id"])
+        c = store.get(img["id"], with_segments=store.has_segments)
         cov.append(c.coverage)
         status.append(c.bank_status)
         if not manifest.has_gt or (max_images is not None and evaluated >= max_images):
@@ -93,23 +138,36 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         best = ious.argmax(1)
         best_ious.append(ious.max(1))
         H, W = c.height, c.width
-        image = read_image(manifest.image_path(img), img["id"]) if online else None
+        image = read_image(manifest.image_path(img), img["id"])
         for g, p in enumerate(best):
+            area = int(gt_masks[g].sum())
+            areas.append(area)
             b = c.bank_row[p]
             cut = _box_mask(c.boxes[p], H, W)
+            # the trainer's two ways (cues.reproject): warp = the representative's mask in the
+            # proposal's own box (default); cut = pasted at the representative's box, cut to p's
+            cached = paste_mask(c.bank_masks[b], c.boxes[p], H, W)
+            rows["cached", "matched"].append((_iou(cached, gt_masks[g]), cached.sum() / max(cut.sum(), 1),
+                                              area, int(c.bank_status[b])))
             cached = paste_mask(c.bank_masks[b], c.bank_boxes[b], H, W) & cut
-            row = {"iou_cached": _iou(cached, gt_masks[g]), "iou_box": _iou(cut, gt_masks[g]),
-                   "status": int(c.bank_status[b]), "box_iou": float(ious[g, p])}
-            if online:
-                t = time.perf_counter()
-                grabcut_box(image, c.bank_boxes[b], params)
-                t_cached += time.perf_counter() - t
-                t = time.perf_counter()
-                m = grabcut_online(image, c.boxes[p], params.mask_size)
-                t_online += time.perf_counter() - t
-                n_timed += 1
-                row["iou_online"] = _iou(paste_mask(m, c.boxes[p], H, W), gt_masks[g])
-            seed_rows.append(row)
+            rows["cached_cut", "matched"].append((_iou(cached, gt_masks[g]),
+                                                  cached.sum() / max(cut.sum(), 1), area, 0))
+            t = time.perf_counter()
+            seed_mask(image, c.bank_boxes[b], params, _segment_for(c, p, params))
+            seconds["cached"] += time.perf_counter() - t
+            timed["cached"] += 1
+            for name, (_, fn) in specs.items():
+                for on, box, seg in (("matched", c.boxes[p], _segment_for(c, p, params, force=True)),
+                                     ("gt", gt_boxes[g], None)):
+                    if seg is None and name.startswith("mcg"):
+                        continue  # MCG segments exist for proposals only
+                    t = time.perf_counter()
+                    m = fn(image, box, seg)
+                    seconds[name] += time.perf_counter() - t
+                    timed[name] += 1
+                    pasted = paste_mask(m, box, H, W)
+                    rows[name, on].append((_iou(pasted, gt_masks[g]), float((m >= 128).mean()),
+                                           area, 0))
     cov = np.concatenate(cov) if cov else np.zeros(0)
     status = np.concatenate(status) if status else np.zeros(0, np.uint8)
     rep["coverage"] = {"mean_iou": float(cov.mean()) if len(cov) else None,
@@ -124,26 +182,66 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         raise DataError(f"manifest {manifest.path}: has annotations but no image with a "
                         f"non-crowd GT instance")
     bi = np.concatenate(best_ious)
+    areas = np.asarray(areas)
     rep["gt"] = {"images": evaluated, "instances": int(len(bi))}
     rep["recall"] = {"iou_0.5": float((bi >= 0.5).mean()), "iou_0.7": float((bi >= 0.7).mean()),
                      "mean_best_iou": float(bi.mean())}
-    sq = {"cached_mask_iou": float(np.mean([r["iou_cached"] for r in seed_rows])),
-          "box_fill_iou": float(np.mean([r["iou_box"] for r in seed_rows]))}
+    rep["recall_by_size"] = {
+        name: {"n": int(sel.sum()), "iou_0.5": float((bi[sel] >= 0.5).mean()) if sel.any() else None}
+        for name, lo, hi in SIZES for sel in [(areas >= lo) & (areas < hi)]}
+    big = areas >= 32 ** 2
+    rep["recall"]["iou_0.5_ge_32px"] = float((bi[big] >= 0.5).mean()) if big.any() else None
+    table = {}
+    for (name, on), rs in rows.items():
+        if not rs:
+            continue
+        e = {**_summary(rs), "ms_per_box": 1e3 * seconds[name] / max(timed[name], 1)}
+        e["by_size"] = {sz: float(np.mean([r[0] for r in rs if lo <= r[2] < hi]))
+                        for sz, lo, hi in SIZES if any(lo <= r[2] < hi for r in rs)}
+        e["label"] = {"cached": "cached bank, warp (what training sees)",
+                      "cached_cut": "cached bank, cut (cues.reproject=cut)"}.get(name) or specs[name][0]
+        if name == "cached_cut":
+            e["ms_per_box"] = table["cached"]["matched"]["ms_per_box"]
+        table.setdefault(name, {})[on] = e
+    cached = rows["cached", "matched"]
+    sq = {"cached_mask_iou": table["cached"]["matched"]["mean_iou"],
+          "cached_s_per_box": seconds["cached"] / max(timed["cached"], 1), "methods": table}
     by_status = {}
     for k, name in STATUS_NAMES.items():
-        rows = [r for r in seed_rows if r["status"] == k]
-        if rows:
-            by_status[name] = {"n": len(rows),
-                               "cached_iou": float(np.mean([r["iou_cached"] for r in rows])),
-                               "box_fill_iou": float(np.mean([r["iou_box"] for r in rows]))}
+        rs = [r for r in cached if r[3] == k]
+        if rs:
+            by_status[name] = {"n": len(rs), "cached_iou": float(np.mean([r[0] for r in rs]))}
     sq["by_status"] = by_status
-    if online:
-        sq["online_mask_iou"] = float(np.mean([r["iou_online"] for r in seed_rows]))
-        sq["cached_s_per_box"] = t_cached / max(n_timed, 1)
-        sq["online_s_per_box"] = t_online / max(n_timed, 1)
+    if "box" in table:
+        sq["box_fill_iou"] = table["box"]["matched"]["mean_iou"]
+    if "online" in table:
+        sq["online_mask_iou"] = table["online"]["matched"]["mean_iou"]
+        sq["online_s_per_box"] = table["online"]["matched"]["ms_per_box"] / 1e3
         sq["speedup"] = sq["online_s_per_box"] / max(sq["cached_s_per_box"], 1e-9)
     rep["seed_masks"] = sq
     return rep
+
+
+def _segment_for(c, p: int, params: SeedParams, force: bool = False):
+    """The MCG segment of proposal ``p`` when the cache has segments (and the method needs them,
+    unless ``force``)."""
+    if c.segments is None or not (force or params.needs_segments):
+        return None
+    return c.segments[p]
+
+
+def methods_table(rep: dict) -> str:
+    """The seed-mask table of a report as Markdown: one row per method, matched proposal and GT box."""
+    t = rep["seed_masks"]["methods"]
+    L = ["| seed mask | on | mean IoU | median | empty | full | ms/box | small | medium | large |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, v in t.items():
+        for on, e in v.items():
+            sz = [f"{e['by_size'][k]:.3f}" if k in e["by_size"] else "—" for k, _, _ in SIZES]
+            L.append(f"| {e['label']} | {'matched proposal' if on == 'matched' else 'GT box'} | "
+                     f"{e['mean_iou']:.3f} | {e['median_iou']:.3f} | {e['empty']:.1%} | "
+                     f"{e['full']:.1%} | {e['ms_per_box']:.1f} | " + " | ".join(sz) + " |")
+    return "\n".join(L)
 
 
 def format_report(rep: dict) -> str:
@@ -151,22 +249,28 @@ def format_report(rep: dict) -> str:
     L = [f"cue-report: {rep['cues']} ({rep['images']} images)",
          f"  proposals/image: mean {rep['proposals_per_image']['mean']:.0f} "
          f"(min {rep['proposals_per_image']['min']}, max {rep['proposals_per_image']['max']}); "
-         f"GrabCut masks/image: mean {rep['bank_per_image']['mean']:.0f}",
+         f"seed masks/image: mean {rep['bank_per_image']['mean']:.0f} ({rep['seeds']['method']})",
          f"  coverage (IoU proposal -> representative): mean {rep['coverage']['mean_iou']:.3f}, "
          f">=0.5 {rep['coverage']['frac_ge_0.5']:.1%}, >=0.7 {rep['coverage']['frac_ge_0.7']:.1%}",
          "  bank status: " + ", ".join(f"{k} {v:.1%}" for k, v in rep["bank_status"].items())]
     if rep.get("gt"):
         r = rep["recall"]
         L.append(f"  recall vs {rep['gt']['instances']} GT boxes: @0.5 {r['iou_0.5']:.1%}, "
-                 f"@0.7 {r['iou_0.7']:.1%}, mean best IoU {r['mean_best_iou']:.3f}")
+                 f"@0.7 {r['iou_0.7']:.1%}, mean best IoU {r['mean_best_iou']:.3f}; @0.5 by size: "
+                 + ", ".join(f"{k} {v['iou_0.5']:.1%} ({v['n']})"
+                             for k, v in rep["recall_by_size"].items() if v["n"]))
         s = rep["seed_masks"]
-        line = f"  seed-mask IoU vs GT: cached {s['cached_mask_iou']:.3f}"
+        line = f"  seed-mask IoU vs GT (matched proposal): cached {s['cached_mask_iou']:.3f}"
         if "online_mask_iou" in s:
-            line += (f", online (authors') {s['online_mask_iou']:.3f}; s/box cached "
-                     f"{s['cached_s_per_box'] * 1e3:.1f} ms vs online {s['online_s_per_box'] * 1e3:.1f}"
-                     f" ms ({s['speedup']:.0f}x)")
-        L.append(line + f"; filled box {s['box_fill_iou']:.3f}")
+            line += (f", online (authors') {s['online_mask_iou']:.3f}; ms/box cached "
+                     f"{s['cached_s_per_box'] * 1e3:.1f} vs online {s['online_s_per_box'] * 1e3:.1f}"
+                     f" ({s['speedup']:.0f}x)")
+        if "box_fill_iou" in s:
+            line += f"; filled box {s['box_fill_iou']:.3f}"
+        L.append(line)
         for k, v in s["by_status"].items():
-            L.append(f"    status {k}: {v['n']} instances, cached IoU {v['cached_iou']:.3f}, "
-                     f"filled box {v['box_fill_iou']:.3f}")
+            L.append(f"    bank status {k}: {v['n']} instances, cached IoU {v['cached_iou']:.3f}")
+        if len(s["methods"]) > 1:
+            L.append("")
+            L.append(methods_table(rep))
     return "\n".join(L)

@@ -4,9 +4,10 @@ Paper §3.3 runs GrabCut online on ``n_seed`` proposals per class per step. Any 
 a seed, so the offline cache covers all of them. MCG proposals are highly redundant, so proposals
 are grouped into clusters of near-duplicates (:func:`cluster_proposals`) and GrabCut runs once per
 cluster representative, on a crop around the box downscaled to ``crop_size``
-(:func:`grabcut_box`). Each proposal records its representative and the IoU between the two
-(its *coverage*). :func:`grabcut_online` is the authors' setting (whole image at a 400-px long
-side, 5 iterations), kept as the reference that the cache is measured against.
+(:func:`seed_mask`; the methods live in :mod:`.grabcut`). Each proposal records its representative
+and the IoU between the two (its *coverage*). :func:`grabcut_online` is the authors' setting (whole
+image at a 400-px long side, 5 iterations), kept as the reference that the cache is measured
+against.
 
 Frames: boxes are in original-image pixels; every returned mask is ``[M, M]`` in the frame of the
 box it belongs to (see ``pdsl.cues.store``).
@@ -18,27 +19,59 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..boxes import box_iou
-from .store import STATUS_EMPTY, STATUS_FULL, STATUS_OK, STATUS_TINY
+from .grabcut import (filled_box, grabcut_masked, grabcut_online, grabcut_rect,  # noqa: F401
+                      inscribed_ellipse, resample_box)
+from .store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS_TINY
+
+_resample_box = resample_box  # old name, kept for callers
+
+
+SEED_METHODS = ("grabcut", "grabcut_rect", "ellipse", "box", "mcg", "mcg_grabcut")
+FALLBACKS = ("ellipse", "box", "none")
 
 
 @dataclass
 class SeedParams:
-    """GrabCut and bank parameters; stored in the cache attrs, so a cache knows how it was made."""
+    """Seed-mask and bank parameters; stored in the cache attrs, so a cache knows how it was made.
 
+    Defaults were chosen on the real photos of coco-real ``train2017`` and are reported on
+    ``val2017`` (README, *Seed masks on real photos*)."""
+
+    method: str = "grabcut"  # grabcut: mask-initialised GrabCut (sure-foreground core) |
+    # grabcut_rect: rectangle-initialised crop GrabCut (earlier versions) | ellipse | box (shapes) |
+    # mcg: the proposal's MCG segment (MCG '-proposals' files) | mcg_grabcut: MCG segment AND GrabCut
+    fallback: str = "ellipse"  # mask stored where the method degenerates (empty result, OpenCV
+    # failure, no segment): ellipse | box (the authors' code) | none (keep it, flagged empty)
     mask_size: int = 28  # M: bank masks are M x M in their box frame (>= 28, the mask head's size)
-    crop_size: int = 72  # long side (px) the box crop is resized to before cv2.grabCut
+    crop_size: int = 64  # long side (px) the box crop is resized to before cv2.grabCut
     margin: float = 0.25  # crop margin around the box, as a fraction of the box side (GrabCut
-    # needs background outside the rectangle to fit its background colour model)
-    upscale: bool = False  # also enlarge crops smaller than crop_size (measured: no gain, +20-70 % time;
-    # kept as a switch for datasets with many tiny objects)
-    iterations: int = 3  # cv2.grabCut iterations (the authors use 5 on the whole image; on a crop
-    # 3 measured within 0.001 IoU of 5 at 20 % less time, see README)
-    cluster_iou: float = 0.8  # proposals with IoU >= this to a representative share its mask
+    # needs background outside the box to fit its background colour model)
+    upscale: bool = False  # also enlarge crops smaller than crop_size (kept as a switch for
+    # datasets with many tiny objects)
+    iterations: int = 2  # cv2.grabCut iterations (the authors use 5 on the whole image)
+    core: float = 0.7  # grabcut: axes of the sure-foreground central ellipse, as a fraction of the
+    # inscribed ellipse's
+    cluster_iou: float = 0.8  # proposals with IoU >= this share a representative's mask
     # (lowered automatically, in 0.05 steps, when more than max_bank representatives result)
-    max_bank: int = 220  # at most this many GrabCut masks per image (cost cap, see README)
-    empty_frac: float = 0.02  # fg fraction inside the box below this -> STATUS_EMPTY
+    max_bank: int = 120  # at most this many masks per image (cost cap: ~0.4 core-s per image at
+    # 2,000 proposals on real photos, see README)
+    empty_frac: float = 0.02  # fg fraction inside the box below this -> degenerate (empty)
     full_frac: float = 0.98  # fg fraction inside the box above this -> STATUS_FULL
     min_box_px: int = 4  # boxes smaller than this (in crop pixels) are not segmented (STATUS_TINY)
+
+    def __post_init__(self):
+        from ..errors import DataError
+
+        if self.method not in SEED_METHODS:
+            raise DataError(f"seed method {self.method!r}: expected one of {', '.join(SEED_METHODS)}")
+        if self.fallback not in FALLBACKS:
+            raise DataError(f"seed fallback {self.fallback!r}: expected one of {', '.join(FALLBACKS)}")
+        if self.mask_size < 28:
+            raise DataError(f"seed mask_size {self.mask_size}: must be >= 28 (the mask head's size)")
+
+    @property
+    def needs_segments(self) -> bool:
+        return self.method in ("mcg", "mcg_grabcut")
 
     def to_dict(self):
         return asdict(self)
@@ -86,21 +119,6 @@ def cluster_proposals(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.8,
     return reps, bank_row, coverage
 
 
-def _resample_box(fg: np.ndarray, box_in: np.ndarray, M: int) -> np.ndarray:
-    """Resample the region ``box_in`` (x1y1x2y2 in ``fg``'s pixel frame) of a float mask to M x M.
-
-    Pixel (i, j) of the result samples fg at x = x1 + (j + .5) w / M - .5 (bilinear)."""
-    import cv2
-
-    x1, y1, x2, y2 = [float(v) for v in box_in]
-    sx, sy = (x2 - x1) / M, (y2 - y1) / M
-    # affine map from output pixel centres to input coordinates (pixel-centre convention)
-    A = np.array([[sx, 0, x1 + 0.5 * sx - 0.5], [0, sy, y1 + 0.5 * sy - 0.5]], np.float32)
-    return cv2.warpAffine(fg.astype(np.float32), A, (M, M),
-                          flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-
-
 def _status(m: np.ndarray, p: SeedParams) -> int:
     frac = float((m >= 0.5).mean())
     if frac < p.empty_frac:
@@ -110,75 +128,76 @@ def _status(m: np.ndarray, p: SeedParams) -> int:
     return STATUS_OK
 
 
-def _run_grabcut(img: np.ndarray, rect, iterations: int) -> np.ndarray:
-    """cv2.grabCut with rectangle init; returns float32 {0,1} foreground (FGD or PR_FGD).
-
-    GrabCut's k-means initialisation draws from OpenCV's global RNG, so the RNG is reset before
-    every call: a mask depends only on (image, rect, iterations), not on what ran before it in the
-    process (a resumed or re-sharded cache is bit-identical)."""
-    import cv2
-
-    cv2.setRNGSeed(0)
-    mask = np.zeros(img.shape[:2], np.uint8)
-    bgd = np.zeros((1, 65), np.float64)
-    fgd = np.zeros((1, 65), np.float64)
-    try:
-        cv2.grabCut(img, mask, rect, bgd, fgd, iterations, cv2.GC_INIT_WITH_RECT)
-    except cv2.error:
-        # degenerate colour model (e.g. a flat region): treat as "nothing found"
-        return np.zeros(img.shape[:2], np.float32)
-    return ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
+def _shape(name: str, M: int) -> np.ndarray:
+    return inscribed_ellipse(M) if name == "ellipse" else filled_box(M)
 
 
-def grabcut_box(image: np.ndarray, box: np.ndarray, p: SeedParams):
-    """GrabCut one box on a downscaled crop. Returns ``(mask uint8 [M, M] in the box frame, status)``.
+def _to_uint8(m: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(m * 255), 0, 255).astype(np.uint8)
 
-    ``image`` is BGR ``uint8 [H, W, 3]``; ``box`` x1y1x2y2 in its pixels.
-    """
-    import cv2
 
-    H, W = image.shape[:2]
-    M = p.mask_size
-    x1, y1, x2, y2 = [float(v) for v in box]
-    bw, bh = max(x2 - x1, 1e-3), max(y2 - y1, 1e-3)
-    # crop with a margin, clipped to the image
-    cx1 = int(np.floor(max(0.0, x1 - p.margin * bw)))
-    cy1 = int(np.floor(max(0.0, y1 - p.margin * bh)))
-    cx2 = int(np.ceil(min(float(W), x2 + p.margin * bw)))
-    cy2 = int(np.ceil(min(float(H), y2 + p.margin * bh)))
-    crop = image[cy1:cy2, cx1:cx2]
-    s = p.crop_size / max(crop.shape[:2])
+def _too_small(box, p: SeedParams) -> bool:
+    """True where the box's shorter side is under ``min_box_px`` pixels of the GrabCut crop."""
+    bw, bh = float(box[2] - box[0]), float(box[3] - box[1])
+    s = p.crop_size / max(max(bw, bh) * (1 + 2 * p.margin), 1e-6)
     if not p.upscale:
         s = min(1.0, s)
-    if s != 1.0:
-        crop = cv2.resize(crop, (max(1, round(crop.shape[1] * s)), max(1, round(crop.shape[0] * s))),
-                          interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-        s_x = crop.shape[1] / (cx2 - cx1)
-        s_y = crop.shape[0] / (cy2 - cy1)
-    else:
-        s_x = s_y = 1.0
-    # the box in crop pixels
-    bx = np.array([(x1 - cx1) * s_x, (y1 - cy1) * s_y, (x2 - cx1) * s_x, (y2 - cy1) * s_y])
-    rx1, ry1 = int(np.floor(bx[0])), int(np.floor(bx[1]))
-    rx2, ry2 = int(np.ceil(bx[2])), int(np.ceil(bx[3]))
-    rx1, ry1 = max(rx1, 0), max(ry1, 0)
-    rx2, ry2 = min(rx2, crop.shape[1]), min(ry2, crop.shape[0])
-    rw, rh = rx2 - rx1, ry2 - ry1
-    if rw < p.min_box_px or rh < p.min_box_px:
-        return np.full((M, M), 255, np.uint8), STATUS_TINY
-    if rx1 == 0 and ry1 == 0 and rx2 == crop.shape[1] and ry2 == crop.shape[0]:
-        # the box fills the image: GrabCut has no background sample; shrink the rect by 1 px
-        rx1, ry1, rw, rh = rx1 + 1, ry1 + 1, rw - 2, rh - 2
-    fg = _run_grabcut(np.ascontiguousarray(crop), (rx1, ry1, rw, rh), p.iterations)
-    m = _resample_box(fg, bx, M)
-    return np.clip(np.rint(m * 255), 0, 255).astype(np.uint8), _status(m, p)
+    return min(bw, bh) * s < p.min_box_px
 
 
-def build_bank(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, p: SeedParams):
-    """The seed bank of one image: cluster, then GrabCut each representative.
+def seed_mask(image: np.ndarray, box, p: SeedParams, segment: np.ndarray | None = None):
+    """The seed mask of one box by ``p.method``: ``(uint8 [M, M] in the box frame, status)``.
 
-    Returns a dict with ``bank_boxes [B,4]``, ``bank_masks uint8 [B,M,M]``, ``bank_status [B]``,
-    ``bank_row [P]``, ``coverage [P]``.
+    ``segment`` (``uint8 [M, M]``, the box's MCG segment in its frame) is needed by the ``mcg``
+    methods. A degenerate result (OpenCV failure, no segment, foreground under ``empty_frac`` of
+    the box) is replaced by ``p.fallback`` with ``STATUS_FALLBACK``, so a bank mask is never empty
+    unless ``fallback: none`` asks for the raw result (then flagged ``STATUS_EMPTY``). A box too
+    small to segment gets the filled box (``STATUS_TINY``).
+    """
+    M = p.mask_size
+    if p.method in ("box", "ellipse"):
+        return _to_uint8(_shape(p.method, M)), STATUS_OK
+    kw = dict(M=M, crop_size=p.crop_size, margin=p.margin, iterations=p.iterations,
+              upscale=p.upscale, min_box_px=p.min_box_px)
+    m = None
+    if p.method != "mcg":
+        if _too_small(box, p):
+            return _to_uint8(filled_box(M)), STATUS_TINY
+        if p.method == "grabcut_rect":
+            m = grabcut_rect(image, box, **kw)
+        else:
+            m = grabcut_masked(image, box, core=p.core, **kw)
+    if p.needs_segments:
+        if segment is None:
+            from ..errors import CacheError
+            raise CacheError(f"seed method {p.method!r} needs MCG segments, but the proposals have "
+                             f"none (use MCG '-proposals' files, or method grabcut)")
+        seg = (segment.astype(np.float32) / 255.0 >= 0.5).astype(np.float32)
+        if m is None:
+            m = seg
+        else:
+            both = np.minimum(m, seg)
+            # the intersection where it keeps something, else whichever of the two is not empty
+            m = both if _status(both, p) != STATUS_EMPTY else (seg if _status(seg, p) != STATUS_EMPTY else m)
+    if m is None or _status(m, p) == STATUS_EMPTY:
+        if p.fallback == "none":
+            return (np.zeros((M, M), np.uint8) if m is None else _to_uint8(m)), STATUS_EMPTY
+        return _to_uint8(_shape(p.fallback, M)), STATUS_FALLBACK
+    return _to_uint8(m), _status(m, p)
+
+
+def grabcut_box(image: np.ndarray, box, p: SeedParams):
+    """Alias of :func:`seed_mask` without segments (the GrabCut methods)."""
+    return seed_mask(image, box, p)
+
+
+def build_bank(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, p: SeedParams,
+               segments: np.ndarray | None = None):
+    """The seed bank of one image: cluster, then one seed mask per representative.
+
+    ``segments`` (``uint8 [P, M, M]``, MCG) are needed by the ``mcg`` methods. Returns a dict with
+    ``bank_boxes [B,4]``, ``bank_masks uint8 [B,M,M]``, ``bank_status [B]``, ``bank_row [P]``,
+    ``coverage [P]``.
     """
     import cv2
 
@@ -188,33 +207,12 @@ def build_bank(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, p: Seed
     masks = np.zeros((B, M, M), np.uint8)
     status = np.zeros(B, np.uint8)
     for k, r in enumerate(reps):
-        masks[k], status[k] = grabcut_box(image, boxes[r], p)
+        seg = segments[r] if segments is not None else None
+        if seg is not None and seg.shape != (M, M):
+            seg = cv2.resize(seg, (M, M), interpolation=cv2.INTER_LINEAR)
+        masks[k], status[k] = seed_mask(image, boxes[r], p, seg)
     return dict(bank_boxes=boxes[reps].astype(np.float32), bank_masks=masks, bank_status=status,
                 bank_row=bank_row, coverage=coverage)
-
-
-def grabcut_online(image: np.ndarray, box: np.ndarray, mask_size: int = 28, long_side: int = 400,
-                   iterations: int = 5) -> np.ndarray:
-    """The authors' online setting: GrabCut on the WHOLE image resized to a ``long_side`` long
-    side, rectangle = the box, ``iterations`` iterations. Returns ``uint8 [M, M]`` in the box frame.
-    """
-    import cv2
-
-    H, W = image.shape[:2]
-    s = long_side / max(H, W)
-    small = cv2.resize(image, (max(1, round(W * s)), max(1, round(H * s))),
-                       interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    sx, sy = small.shape[1] / W, small.shape[0] / H
-    bx = np.array([box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy])
-    rx1, ry1 = max(int(np.floor(bx[0])), 0), max(int(np.floor(bx[1])), 0)
-    rx2, ry2 = min(int(np.ceil(bx[2])), small.shape[1]), min(int(np.ceil(bx[3])), small.shape[0])
-    if rx1 == 0 and ry1 == 0 and rx2 == small.shape[1] and ry2 == small.shape[0]:
-        rx1, ry1, rx2, ry2 = 1, 1, rx2 - 1, ry2 - 1
-    if rx2 - rx1 < 2 or ry2 - ry1 < 2:
-        return np.full((mask_size, mask_size), 255, np.uint8)
-    fg = _run_grabcut(small, (rx1, ry1, rx2 - rx1, ry2 - ry1), iterations)
-    m = _resample_box(fg, bx, mask_size)
-    return np.clip(np.rint(m * 255), 0, 255).astype(np.uint8)
 
 
 def paste_mask(mask: np.ndarray, box: np.ndarray, height: int, width: int,

@@ -23,7 +23,7 @@ holds, for every image of one manifest split, its proposals and its seed-mask ba
     /bank/masks         uint8  [B,M,M]  GrabCut foreground (0..255) in the bank box's frame:
                                         the box resampled to M x M, so pixel (i, j) covers
                                         x = x1 + (j + .5) * w / M, y = y1 + (i + .5) * h / M
-    /bank/status        uint8  [B]      STATUS_* below (empty/full GrabCut results are flagged)
+    /bank/status        uint8  [B]      STATUS_* below (fallback shapes, empty/full results flagged)
 
 Random access is O(1): the small ``/images`` index is read once into numpy; an image's rows are
 two contiguous slices. Files are opened lazily per process (safe in DataLoader workers), and
@@ -48,7 +48,9 @@ STATUS_OK = 0
 STATUS_EMPTY = 1  # GrabCut kept (almost) nothing of the box
 STATUS_FULL = 2  # GrabCut kept (almost) the whole box
 STATUS_TINY = 3  # box too small to segment: mask is the filled box
-STATUS_NAMES = {STATUS_OK: "ok", STATUS_EMPTY: "empty", STATUS_FULL: "full", STATUS_TINY: "tiny"}
+STATUS_FALLBACK = 4  # the method degenerated: mask is the fallback shape (ellipse or filled box)
+STATUS_NAMES = {STATUS_OK: "ok", STATUS_EMPTY: "empty", STATUS_FULL: "full", STATUS_TINY: "tiny",
+                STATUS_FALLBACK: "fallback"}
 
 _INDEX_KEYS = ("id", "height", "width", "file_sha1", "prop_start", "prop_count", "bank_start",
                "bank_count")

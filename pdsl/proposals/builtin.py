@@ -1,17 +1,21 @@
 """Built-in proposals for images without precomputed MCG: selective search.
 
 Uses ``cv2.ximgproc.segmentation`` selective search (opencv-contrib) on the image downscaled so
-that its longer side is at most ``max_side`` (small images are used as they are), ``fast`` mode
+that its longer side is at most ``max_side`` (400 px by default; small images are used as they
+are), ``fast`` mode
 by default (``quality`` is ~3x slower and gives ~4x more boxes). Boxes are mapped back to the
 original frame. Selective search has no scores, so scores are by rank (``1 - rank/N``, its own
 output order). A whole-image box and a few multi-scale sliding windows are appended (lowest
-ranks, but always kept) to lift recall of large objects.
+ranks, but always kept) to lift recall of large objects, and the list is filled up to
+``max_proposals`` with rescaled copies of the region boxes and denser windows
+(:func:`box_variants`).
 
 If ``cv2.ximgproc`` is missing, a simple fallback is used: colour-quantised regions (k-means in
 Lab at several k and blur levels), their connected components and unions of adjacent pairs.
 
-Measured on a 720x477 photo, 2 shared CPU cores, ``cv2.setNumThreads(1)``, max_side 500:
-fast ~1.3 s / ~2400 raw boxes, quality ~4 s / ~8900 raw boxes (both truncated to 2000).
+Measured on coco-real train2017 (98 COCO photos, one core, ``cv2.setNumThreads(1)``), recall@0.5
+of the instances of at least 32^2 px: fast at 500 px 89.8 % (0.80 core-s/image), at 400 px 87.5 %
+(0.47 core-s), at 400 px with variants 90.9 % (0.52 core-s, the default).
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ MODES = ("fast", "quality")
 METHODS = ("auto", "ss", "fallback")
 WINDOW_SCALES = (0.8, 0.55, 0.35)
 WINDOW_RATIOS = (0.5, 1.0, 2.0)
+SMALL_WINDOW_SCALES = (0.25, 0.18, 0.12)  # denser windows for mid-size objects (variants only)
+VARIANT_SCALES = (1.3, 0.75)  # each region box also enters rescaled about its centre
 
 
 def has_ximgproc() -> bool:
@@ -167,13 +173,34 @@ def sliding_windows(height: int, width: int, scales=WINDOW_SCALES,
     return np.unique(np.round(np.array(boxes, np.float64), 3), axis=0)
 
 
-def generate(image: np.ndarray, *, mode: str = "fast", max_side: int | None = 500,
-             method: str = "auto", windows: bool = True, max_proposals: int = 2000,
-             min_size: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def box_variants(boxes: np.ndarray, height: int, width: int, k: int, min_size: float = 0.0,
+                 seed: int = 0) -> np.ndarray:
+    """Up to ``k`` extra boxes: each of ``boxes`` rescaled about its centre by
+    :data:`VARIANT_SCALES`, plus sliding windows at :data:`SMALL_WINDOW_SCALES`, clipped to the
+    image, a seeded random subset (deterministic). Selective search boxes miss an object mostly
+    by a wrong extent; on coco-real train2017 these variants lift recall@0.5 of the instances of
+    at least 32^2 px from 87.5 % to 90.9 % at a 400-px long side (README)."""
+    if k <= 0:
+        return np.zeros((0, 4))
+    c = (boxes[:, :2] + boxes[:, 2:]) / 2
+    wh = boxes[:, 2:] - boxes[:, :2]
+    add = [np.concatenate([c - wh * f / 2, c + wh * f / 2], 1) for f in VARIANT_SCALES]
+    add.append(sliding_windows(height, width, scales=SMALL_WINDOW_SCALES)[1:])
+    a = np.concatenate(add)
+    a[:, [0, 2]] = a[:, [0, 2]].clip(0, width)
+    a[:, [1, 3]] = a[:, [1, 3]].clip(0, height)
+    a = a[((a[:, 2] - a[:, 0]) >= max(min_size, 1.0)) & ((a[:, 3] - a[:, 1]) >= max(min_size, 1.0))]
+    return a[np.random.default_rng(seed).permutation(len(a))[:k]]
+
+
+def generate(image: np.ndarray, *, mode: str = "fast", max_side: int | None = 400,
+             method: str = "auto", windows: bool = True, variants: bool = True,
+             max_proposals: int = 2000, min_size: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Raw (unsanitised) built-in proposals for a BGR image in its original frame:
     ``(boxes float64 [N,4], scores float32 [N])``, at most ``max_proposals``; region boxes
     smaller than ``min_size`` (either side, original pixels) and duplicates are dropped before
-    truncation."""
+    truncation. With ``variants``, on images larger than ``max_side`` the list is filled up to
+    ``max_proposals`` with :func:`box_variants` (lowest ranks)."""
     import cv2
 
     cv2.setNumThreads(1)             # workers parallelise at the process level
@@ -192,20 +219,26 @@ def generate(image: np.ndarray, *, mode: str = "fast", max_side: int | None = 50
     win = sliding_windows(H, W) if windows else np.zeros((0, 4))
     n_ss = max(0, max_proposals - len(win))
     boxes = np.concatenate([raw[:n_ss], win[:max_proposals]])
+    if variants and (small.shape[0], small.shape[1]) != (H, W):
+        # only where selective search ran on a downscaled image: box extents are off there
+        boxes = np.concatenate([boxes, box_variants(raw[:n_ss], H, W, max_proposals - len(boxes),
+                                                    min_size)])
     return boxes, rank_scores(len(boxes))
 
 
 class BuiltinSource(ProposalSource):
     kind = "builtin"
 
-    def __init__(self, *, mode: str = "fast", max_side: int | None = 500, method: str = "auto",
-                 windows: bool = True, max_proposals: int = 2000, min_size: float = 8.0):
+    def __init__(self, *, mode: str = "fast", max_side: int | None = 400, method: str = "auto",
+                 windows: bool = True, variants: bool = True, max_proposals: int = 2000,
+                 min_size: float = 8.0):
         super().__init__(max_proposals=max_proposals, min_size=min_size)
         if mode not in MODES:
             raise DataError(f"builtin proposals: mode must be one of {MODES}, got {mode!r}")
         if method not in METHODS:
             raise DataError(f"builtin proposals: method must be one of {METHODS}, got {method!r}")
         self.mode, self.method, self.windows = mode, method, bool(windows)
+        self.variants = bool(variants)
         self.max_side = int(max_side) if max_side else None
         self.name = f"builtin:{mode}"
 
@@ -219,6 +252,7 @@ class BuiltinSource(ProposalSource):
 
         return {**super().params(), "mode": self.mode, "max_side": self.max_side,
                 "method": self.resolved_method(), "windows": self.windows,
+                "variants": self.variants,
                 "opencv": cv2.__version__}
 
     def get(self, img: dict, image_path=None, image=None) -> dict:
@@ -231,6 +265,7 @@ class BuiltinSource(ProposalSource):
         check_image_size(image, img, src)
         boxes, scores = generate(image, mode=self.mode, max_side=self.max_side,
                                  method=self.method, windows=self.windows,
+                                 variants=self.variants,
                                  max_proposals=self.max_proposals,
                                  min_size=min(self.min_size, image.shape[0], image.shape[1]))
         H, W = int(img["height"]), int(img["width"])

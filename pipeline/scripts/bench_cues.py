@@ -5,9 +5,15 @@
    2,000 proposals, on VOC-sized (500 px) synthetic images;
 2. scaling of the cache stage from 1 to 2 worker processes (same images, wall time);
 3. cached vs online (authors') GrabCut on the embedded benchmark: seconds per box and mask IoU
-   vs GT for the best proposal of every GT instance.
+   vs GT for the best proposal of every GT instance;
+4. with ``--coco-real DIR`` (a COCO tree of real photos, e.g. ../shared/data/coco-real): on its
+   ``--real-split`` (val2017), the whole cache stage's core-seconds per image (proposals + bank, at
+   the built-in source's 2,000 proposals), proposal recall overall and by size, and the seed-mask
+   table of ``cue-report`` (every method on the matched proposal and on the GT box, by size);
+   ``--readme README.md`` writes that table between the ``<!-- bench_cues:real -->`` markers.
 
     python pipeline/scripts/bench_cues.py [--images 16] [--quality-images 60] [--out bench.json]
+    python pipeline/scripts/bench_cues.py --coco-real ../shared/data/coco-real --readme README.md
 
 Selective search finds fewer than 2,000 boxes on synthetic images; the proposal list is padded to
 exactly 2,000 with jittered copies of its own boxes (MCG-like redundancy) so the seed stage is
@@ -70,6 +76,78 @@ def bench_per_image(manifest, params, n_props=2000):
             "seed_core_s_per_image_at_2000": t_seed / n, "grabcut_masks_per_image": float(np.mean(n_bank))}
 
 
+def bench_real(root, split, params, tmp, online=True):
+    """Part 4: cost, recall and seed-mask quality on real photos (a COCO tree)."""
+    from pdsl.datasets import prepare_data
+
+    man_path = Path(tmp) / f"{split}.json"
+    manifest = prepare_data("coco", man_path, split, root=root, progress=False)
+    src = make_source("builtin")
+    t_prop = t_seed = 0.0
+    n_prop, n_bank = [], []
+    out = Path(tmp) / f"real-{split}.h5"
+    from pdsl.cues.store import CueWriter
+
+    meta = {"dataset": manifest.dataset, "split": manifest.split, "num_classes": manifest.num_classes,
+            "class_names": manifest.class_names, "manifest": str(manifest.path), "shard": "1-of-1",
+            "proposal_source": src.describe(), "seeds": params.to_dict()}
+    from pdsl.io import file_sha1
+
+    with CueWriter(out, meta, kind="cues", mask_size=params.mask_size) as w:
+        for img in manifest.images:
+            path = manifest.image_path(img)
+            image = read_image(path, img["id"])
+            t = time.process_time()
+            p = src.get(img, path, image=image)
+            t_prop += time.process_time() - t
+            t = time.process_time()
+            bank = build_bank(image, p["boxes"], p["scores"], params)
+            t_seed += time.process_time() - t
+            n_prop.append(len(p["boxes"]))
+            n_bank.append(len(bank["bank_boxes"]))
+            w.add(img["id"], img["height"], img["width"], file_sha1(path), p["boxes"], p["scores"],
+                  **bank)
+    n = len(manifest.images)
+    rep = cue_report(man_path, out, online=online)
+    return {"images": n, "proposals_per_image": float(np.mean(n_prop)),
+            "masks_per_image": float(np.mean(n_bank)), "proposal_core_s_per_image": t_prop / n,
+            "seed_core_s_per_image": t_seed / n, "cache_core_s_per_image": (t_prop + t_seed) / n,
+            "report": rep}
+
+
+def write_readme(readme: Path, text: str, tag: str = "bench_cues:real"):
+    """Replace the block between ``<!-- tag -->`` and ``<!-- /tag -->`` in ``readme`` (atomic)."""
+    s = readme.read_text()
+    a, b = f"<!-- {tag} -->", f"<!-- /{tag} -->"
+    if a not in s or b not in s:
+        raise SystemExit(f"{readme}: markers {a} ... {b} not found")
+    s = s[:s.index(a) + len(a)] + "\n" + text.rstrip() + "\n" + s[s.index(b):]
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(s)
+    tmp.replace(readme)
+
+
+def real_markdown(r: dict, cmd: str) -> str:
+    from pdsl.cues.report import methods_table
+
+    rep = r["report"]
+    rc, rs = rep["recall"], rep["recall_by_size"]
+    L = [f"Measured by `{cmd}` ({r['images']} photos, {rep['gt']['instances']} non-crowd instances; "
+         f"one core per image, `time.process_time`):", "",
+         "| cache stage, real photos | value |", "|---|---|",
+         f"| proposals per image (built-in) | {r['proposals_per_image']:.0f} |",
+         f"| seed masks per image (bank) | {r['masks_per_image']:.0f} |",
+         f"| core-s per image: proposals + bank | {r['proposal_core_s_per_image']:.2f} + "
+         f"{r['seed_core_s_per_image']:.2f} = **{r['cache_core_s_per_image']:.2f}** |",
+         f"| recall@0.5, all instances / ≥ 32² px | {rc['iou_0.5']:.1%} / **{rc['iou_0.5_ge_32px']:.1%}** |",
+         f"| recall@0.5 small / medium / large | " + " / ".join(
+             f"{rs[k]['iou_0.5']:.1%}" if rs[k]["n"] else "—" for k in ("small", "medium", "large")) + " |",
+         f"| recall@0.7, all | {rc['iou_0.7']:.1%} |",
+         f"| bank coverage (mean IoU proposal → representative) | {rep['coverage']['mean_iou']:.3f} |",
+         "", methods_table(rep)]
+    return "\n".join(L)
+
+
 def bench_scaling(manifest_path, params, tmp):
     out = {}
     for w in (1, 2):
@@ -86,6 +164,11 @@ def main():
     ap.add_argument("--images", type=int, default=16, help="VOC-sized images for parts 1-2")
     ap.add_argument("--quality-images", type=int, default=60, help="benchmark images for part 3")
     ap.add_argument("--out", default=None, help="also write the results as JSON here")
+    ap.add_argument("--coco-real", default=None, help="COCO tree of real photos: run part 4 only")
+    ap.add_argument("--real-split", default="val2017", help="split of --coco-real (default val2017)")
+    ap.add_argument("--no-online", action="store_true", help="part 4 without the authors' online "
+                    "GrabCut rows (~150 ms per box)")
+    ap.add_argument("--readme", default=None, help="write part 4's table into this README")
     args = ap.parse_args()
     import cv2
 
@@ -94,6 +177,19 @@ def main():
 
     params = SeedParams()
     res = {"seed_params": params.to_dict()}
+    if args.coco_real:
+        with tempfile.TemporaryDirectory() as tmp:
+            r = bench_real(args.coco_real, args.real_split, params, tmp, online=not args.no_online)
+        cmd = "python pipeline/scripts/bench_cues.py --coco-real " + args.coco_real + (
+            f" --real-split {args.real_split}" if args.real_split != "val2017" else "") + (
+            " --no-online" if args.no_online else "") + " --readme README.md"
+        md = real_markdown(r, cmd)
+        print(md)
+        if args.readme:
+            write_readme(Path(args.readme), md)
+        if args.out:
+            Path(args.out).write_text(json.dumps(r, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         big = generate(Path(tmp) / "big.json", "bench", args.images, seed=7, image_size=500)
         res["per_image"] = bench_per_image(big, params)
