@@ -65,3 +65,35 @@ def read_image(path: str | os.PathLike, image_id=None) -> np.ndarray:
     if img is None:
         raise DataError(f"{who}: not a readable image (corrupt or unsupported format)")
     return img
+
+
+class JsonListWriter:
+    """Write a JSON list item by item (memory independent of its length), atomically: the file
+    appears under its name only when the ``with`` block ends without an error.
+
+    >>> with JsonListWriter("results.json") as out:
+    ...     out.extend([{"image_id": 1}, {"image_id": 2}])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.count = 0
+        self._ctx = atomic_path(self.path)
+        self._f = None
+
+    def __enter__(self) -> "JsonListWriter":
+        tmp = self._ctx.__enter__()
+        self._f = open(tmp, "w")
+        self._f.write("[")
+        return self
+
+    def extend(self, items) -> None:
+        for item in items:
+            self._f.write(("\n" if self.count == 0 else ",\n") + json.dumps(item))
+            self.count += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._f.write("\n]\n")
+        self._f.close()
+        return self._ctx.__exit__(exc_type, exc, tb)
