@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pdsl.errors import PDSLError
+from pdsl.errors import PDSLError, user_message
 
 
 class _Group(click.Group):
@@ -22,7 +22,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PDSLError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {user_message(e)}", err=True)
             sys.exit(2)
 
 

@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError
+from .errors import CacheError, DataError
 
 
 @contextlib.contextmanager
@@ -53,14 +53,23 @@ def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_image(path: str | os.PathLike, image_id=None) -> np.ndarray:
-    """Read an image as ``uint8 [H, W, 3]`` BGR (OpenCV order). One clear error if it cannot."""
+def read_image(path: str | os.PathLike, image_id=None, expect_sha1: str | None = None) -> np.ndarray:
+    """Read an image as ``uint8 [H, W, 3]`` BGR (OpenCV order). One clear error if it cannot.
+
+    ``expect_sha1``: the SHA-1 the cue cache recorded for the file; other bytes raise
+    :class:`CacheError` (the image changed after caching). Hashes the bytes already read."""
     import cv2
 
     who = f"image {image_id} ({path})" if image_id is not None else f"image {path}"
     if not os.path.isfile(path):
         raise DataError(f"{who}: file not found")
     data = np.fromfile(str(path), dtype=np.uint8)
+    if expect_sha1 is not None:
+        sha = hashlib.sha1(data.tobytes()).hexdigest()
+        if sha != expect_sha1:
+            raise CacheError(f"{who}: changed since it was cached (SHA-1 {sha[:12]}, the cue "
+                             f"cache recorded {expect_sha1[:12]}): stale cue cache, rebuild it "
+                             f"(`cli.py cache-cues` or snakemake) or restore the image")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise DataError(f"{who}: not a readable image (corrupt or unsupported format)")
