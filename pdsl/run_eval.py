@@ -214,11 +214,34 @@ def result_records(image_id, p, cat_ids) -> list[dict]:
     return out
 
 
+def run_category_ids(run_dir, names, manifest_path=None) -> list[int]:
+    """The category id of each class index of a run: the manifest's ids, as ``RUN/run.json``
+    recorded them at training time (or as ``manifest_path`` gives them, for a run made before
+    run.json existed). Refuses categories whose names are not the run's classes."""
+    from .rundir import run_categories
+
+    if manifest_path is not None:
+        cats, where = load_manifest(manifest_path).categories, f"manifest {manifest_path}"
+    else:
+        cats, where = run_categories(run_dir), f"{Path(run_dir) / 'run.json'}"
+        if cats is None:
+            raise ConfigError(f"run {run_dir}: no run.json recording the training manifest's "
+                              f"category ids (a run trained before it existed): pass "
+                              f"--manifest with the training manifest")
+    cats = sorted(cats, key=lambda c: int(c["id"]))  # class index order = sorted category ids
+    if [c["name"] for c in cats] != list(names):
+        raise ConfigError(f"{where}: categories {[c['name'] for c in cats]} are not the run's "
+                          f"classes {list(names)}")
+    return [int(c["id"]) for c in cats]
+
+
 def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "auto",
-                  score_thresh: float = 0.3, proposals: str = "builtin") -> dict:
+                  score_thresh: float = 0.3, proposals: str = "builtin",
+                  manifest=None) -> dict:
     """Predict arbitrary images (files or folders) with no cache: proposals from the built-in
     generator. Writes one overlay PNG per image and ``predictions.json`` (COCO results with a
-    ``file_name`` per image). An unreadable image is reported and skipped."""
+    ``file_name`` per image; category ids are the training manifest's, see
+    :func:`run_category_ids`). An unreadable image is reported and skipped."""
     import click
 
     from .proposals import make_source
@@ -226,6 +249,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
 
     device = _device(device)
     model, cfg, names, _ = load_run(run_dir, None, device)
+    cat_ids = run_category_ids(run_dir, names, manifest)
     params = TestParams.from_config(cfg, tta)
     source = make_source(proposals)
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -259,7 +283,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
         for j in np.nonzero(keep)[0]:
             x1, y1, x2, y2 = (float(v) for v in p["boxes"][j])
             rle = mask_utils.encode(np.asfortranarray(p["masks"][j].astype(np.uint8)))
-            results.append({"image_id": k, "category_id": int(p["labels"][j]) + 1,
+            results.append({"image_id": k, "category_id": cat_ids[int(p["labels"][j])],
                             "category": names[int(p["labels"][j])], "score": float(p["scores"][j]),
                             "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
@@ -269,7 +293,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
 
         cv2.imwrite(str(out_dir / f"{f.stem}_pred.png"), vis)
         click.echo(f"predict: {f} -> {int(keep.sum())} detections", err=True)
-    doc = {"images": images, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+    doc = {"images": images, "categories": [{"id": i, "name": n} for i, n in zip(cat_ids, names)],
            "annotations": results, "skipped": skipped}
     write_json_atomic(doc, out_dir / "predictions.json")
     return {"images": len(images), "skipped": skipped, "detections": len(results)}
