@@ -448,10 +448,14 @@ class Evaluator:
         self.mask_threshold = float(mask_threshold)
         self.voc_thresholds = _check_thresholds(voc_thresholds)
         self.keep_results = bool(keep_results)
+        self._rank = {i: n for n, i in enumerate(sorted(self.manifest.image_by_id))}
         self._gt: dict = {}                      # iou type -> COCO of the manifest (built once)
         self.reset()
 
     def reset(self) -> None:
+        for coco_stream, voc in getattr(self, "_tracks", {}).values():
+            coco_stream.close()
+            voc.close()
         self._results: list[dict] = []
         self._image_scores: dict[int, np.ndarray] = {}
         self._seen: set = set()
@@ -526,7 +530,7 @@ class Evaluator:
             coco_stream, voc = self._track(iou_type)
             coco_stream.add(image_id, records)
             _voc_match_image(voc, self._coco(iou_type), image_id, records, iou_type,
-                             self.manifest.cat_id_to_index)
+                             self.manifest.cat_id_to_index, self._rank[image_id])
         for cid, hit in _corloc_image(self._coco("bbox"), image_id, records).items():
             self._corloc_hits[cid] = self._corloc_hits.get(cid, 0) + hit
         if self.keep_results:
@@ -674,7 +678,7 @@ def _gt_geometry(coco_gt, ann, iou_type):
     return bytes_counts(_any_to_rle(ann["segmentation"], int(img["height"]), int(img["width"])))
 
 
-def _voc_match_image(acc, coco_gt, image_id, records, iou_type, cat_index) -> None:
+def _voc_match_image(acc, coco_gt, image_id, records, iou_type, cat_index, rank) -> None:
     """chainercv's matching of one image's records, every class, into ``acc``."""
     from pycocotools import mask as mask_utils
 
@@ -698,7 +702,7 @@ def _voc_match_image(acc, coco_gt, image_id, records, iou_type, cat_index) -> No
                                              [0] * len(g)), np.float64).reshape(len(dets), len(g))
         else:
             ious = np.zeros((len(dets), 0))
-        acc.add(cat_index[cid], scores, ious, [bool(a.get("iscrowd", 0)) for a in g])
+        acc.add(cat_index[cid], scores, ious, [bool(a.get("iscrowd", 0)) for a in g], rank)
 
 
 def _voc_ap_metrics(acc, coco_gt, manifest, thresholds) -> dict:
@@ -733,9 +737,12 @@ def voc_ap_map(gt, results: list[dict], thresholds=VOC_THRESHOLDS, iou_type: str
     by_img: dict[int, list] = {}
     for r in dets:
         by_img.setdefault(r["image_id"], []).append(r)
+    rank = {i: n for n, i in enumerate(sorted(m.image_by_id))}
     for image_id, recs in by_img.items():
-        _voc_match_image(acc, coco_gt, image_id, recs, iou_type, m.cat_id_to_index)
+        _voc_match_image(acc, coco_gt, image_id, recs, iou_type, m.cat_id_to_index,
+                         rank[image_id])
     res = _voc_ap_metrics(acc, coco_gt, m, thresholds)
+    acc.close()
     out = dict(res["mean"])
     if per_class:
         out["per_class"] = {_voc_key_voc(t): v for t, v in res["per_class"].items()}

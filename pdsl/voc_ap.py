@@ -74,44 +74,65 @@ def match_detections(ious, gt_difficult, thresholds) -> np.ndarray:
     return out
 
 
+#: one row per detection: class, image (order of arrival), position in the image's score order,
+#: score, bit t = TP / IGNORED at threshold t (neither = FP)
+ROW = np.dtype([("group", np.int32), ("img", np.int32), ("pos", np.int32), ("score", np.float64),
+                ("tp", np.uint32), ("ignored", np.uint32)])
+
+
+def _bits(flags: np.ndarray) -> np.ndarray:
+    weights = (np.uint32(1) << np.arange(flags.shape[0], dtype=np.uint32))[:, None]
+    return (flags.astype(np.uint32) * weights).sum(0).astype(np.uint32)
+
+
 class VOCAccumulator:
     """Collects per-image matches and gives per-class VOC AP at each threshold.
 
-    Memory: one float64 score and one int8 per threshold for each detection (no masks)."""
+    Memory is bounded: one 32-byte row per detection goes to a :class:`~pdsl.spool.RowSpool`
+    (a temporary file); no mask is kept."""
 
     def __init__(self, num_classes: int, thresholds):
-        self.thresholds = tuple(float(t) for t in thresholds)
-        self.num_classes = int(num_classes)
-        self._scores: list[list[np.ndarray]] = [[] for _ in range(self.num_classes)]
-        self._matches: list[list[np.ndarray]] = [[] for _ in range(self.num_classes)]
+        from .spool import RowSpool
 
-    def add(self, cls: int, scores, ious, gt_difficult) -> None:
-        """One image, one class: ``scores`` [D] and ``ious`` [D, G] in any detection order."""
+        self.thresholds = tuple(float(t) for t in thresholds)
+        if len(self.thresholds) > 32:
+            raise ValueError(f"at most 32 IoU thresholds, got {len(self.thresholds)}")
+        self.num_classes = int(num_classes)
+        self._rows = RowSpool(ROW, self.num_classes)
+
+    def add(self, cls: int, scores, ious, gt_difficult, image: int) -> None:
+        """One image, one class: ``scores`` [D] and ``ious`` [D, G] in any detection order;
+        ``image``: the image's rank (equal scores of two images resolve in rank order)."""
         scores = np.asarray(scores, np.float64).reshape(-1)
         if not scores.size:
             return
         order = np.argsort(-scores, kind="stable")
         ious = np.asarray(ious, np.float64).reshape(len(scores), -1)[order]
-        self._scores[cls].append(scores[order])
-        self._matches[cls].append(match_detections(ious, gt_difficult, self.thresholds))
+        m = match_detections(ious, gt_difficult, self.thresholds)
+        rows = np.zeros(len(scores), ROW)
+        rows["group"], rows["img"], rows["pos"] = cls, image, np.arange(len(scores))
+        rows["score"] = scores[order]
+        rows["tp"], rows["ignored"] = _bits(m == TP), _bits(m == IGNORED)
+        self._rows.append(rows)
 
     def ap(self, n_pos) -> dict[float, list[float]]:
         """``{threshold: [AP of class c (fraction, nan without GT)]}``; ``n_pos`` [C]."""
         out = {t: [] for t in self.thresholds}
         for c in range(self.num_classes):
             n = int(n_pos[c])
-            if self._scores[c]:
-                s = np.concatenate(self._scores[c])
-                m = np.concatenate(self._matches[c], axis=1)[:, np.argsort(-s, kind="stable")]
-            else:
-                m = np.zeros((len(self.thresholds), 0), np.int8)
+            rows = self._rows.group(c)
+            rows = rows[np.lexsort((rows["pos"], rows["img"], -rows["score"]))]
             for t, thr in enumerate(self.thresholds):
                 if n == 0:
                     out[thr].append(float("nan"))
                     continue
-                tp = np.cumsum(m[t] == TP)
-                fp = np.cumsum(m[t] == FP)
+                tp_flag = (rows["tp"] >> np.uint32(t)) & 1 > 0
+                fp_flag = ~tp_flag & ((rows["ignored"] >> np.uint32(t)) & 1 == 0)
+                tp, fp = np.cumsum(tp_flag), np.cumsum(fp_flag)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     prec = tp / (tp + fp)
                 out[thr].append(voc_ap(prec, tp / n))
         return out
+
+    def close(self) -> None:
+        self._rows.close()
