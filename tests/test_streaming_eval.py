@@ -210,3 +210,18 @@ def test_results_json_streamed_complete_and_atomic(tmp_path):
         stream_evaluation(m, failing, tmp_path / "r2.json")
     assert not (tmp_path / "r2.json").exists()
     assert not list(tmp_path.glob(".r2.json*"))          # no temp file left behind
+
+
+def test_report_table_labels_both_voc_protocols():
+    from pdsl.report import metrics_table
+
+    g1, g2, g3 = _square(0, 0), _square(20, 20), _square(40, 40)
+    m = _manifest({1: [(0, g1), (0, g2), (0, g3)]})
+    ev = Evaluator(m)
+    ev.process(1, _pred([(0, g1, 0.9), (0, _square(50, 0), 0.8), (0, g2, 0.7), (0, g1, 0.6),
+                         (0, g3, 0.5)]))
+    table = metrics_table(ev.evaluate())
+    coco = next(line for line in table.splitlines() if line.startswith("| mask, COCO 101-point"))
+    voc = next(line for line in table.splitlines() if line.startswith("| mask, VOC AP"))
+    assert coco.split("|")[3].strip() == "75.6" and voc.split("|")[3].strip() == "75.6"
+    assert "75.6" in coco and "(PDSL paper)" in coco and "(IRN, BESTIE, CIM)" in voc
