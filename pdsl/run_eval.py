@@ -137,7 +137,11 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
             out.extend(records)
             if img["id"] in keep:
                 kept[img["id"]] = p
-    return (ev.evaluate() if ev is not None else None), kept
+    if ev is None:
+        return None, kept
+    metrics = ev.evaluate()
+    ev.reset()  # closes the temporary files of the per-detection rows
+    return metrics, kept
 
 
 def json_safe(obj):
