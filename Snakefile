@@ -28,9 +28,21 @@ include: "pipeline/rules/prepare.smk"
 include: "pipeline/rules/proposals.smk"
 include: "pipeline/rules/seeds.smk"
 include: "pipeline/rules/merge.smk"
-include: "pipeline/rules/pretrain.smk"
-include: "pipeline/rules/train.smk"
-include: "pipeline/rules/eval.smk"
+
+
+# The training stages exist only when their config sections do (a section left out, or set to
+# null in a --configfile, builds the caches only): their rules read those sections when parsed.
+if section("train"):
+
+    include: "pipeline/rules/train.smk"
+
+    if section("pretrain"):
+
+        include: "pipeline/rules/pretrain.smk"
+
+    if section("eval"):
+
+        include: "pipeline/rules/eval.smk"
 
 
 rule all:

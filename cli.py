@@ -12,7 +12,7 @@ import sys
 
 import click
 
-from pdsl.errors import PDSLError
+from pdsl.errors import PDSLError, user_message
 
 
 class _Group(click.Group):
@@ -22,7 +22,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except PDSLError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {user_message(e)}", err=True)
             sys.exit(2)
 
 
@@ -89,13 +89,17 @@ def seed_options(f):
 @click.option("--sbd", type=click.Path(file_okay=False), default=None,
               help="SBD benchmark_RELEASE/dataset dir (VOC train_aug needs it).")
 @click.option("--labels", "labels_csv", type=click.Path(dir_okay=False), default=None,
-              help="folder format: CSV 'file_name,labels' (default ROOT/labels.csv).")
+              help="folder format: CSV 'file_name,labels' or JSON {file_name: [labels]} "
+                   "(default ROOT/labels.csv, else ROOT/labels.json).")
+@click.option("--classes", "classes", multiple=True, type=click.Path(dir_okay=False),
+              help="folder format: one class list for every split: a .txt (one name per line, "
+                   "order kept) or the labels files of all splits (sorted union); repeatable.")
 @click.option("--split", required=True,
               help="voc: train_aug|train|val; coco: e.g. train2017; synthetic/folder: any name.")
 @click.option("--num-images", type=click.IntRange(1), default=None, help="synthetic: image count.")
 @click.option("--seed", type=int, default=0, show_default=True, help="synthetic: RNG seed.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Manifest json to write.")
-def prepare_data(fmt, root, sbd, labels_csv, split, num_images, seed, out):
+def prepare_data(fmt, root, sbd, labels_csv, classes, split, num_images, seed, out):
     """Convert a dataset split into a manifest (COCO json + image-level labels).
 
     Reads the dataset under ROOT (or generates the synthetic benchmark) and writes MANIFEST
@@ -106,11 +110,12 @@ def prepare_data(fmt, root, sbd, labels_csv, split, num_images, seed, out):
       python cli.py prepare-data --format synthetic --split train --num-images 800 --out data/synthetic/train.json
       python cli.py prepare-data --format voc --root VOCdevkit/VOC2012 --sbd SBD/dataset --split train_aug --out data/voc/train_aug.json
       python cli.py prepare-data --format folder --root my_images --labels my_labels.csv --split all --out data/mine/all.json
+      python cli.py prepare-data --format folder --root my_images --labels val.json --classes classes.txt --split val --out data/mine/val.json
     """
     from pdsl.datasets import prepare_data as run
 
     run(fmt, out, split, root=root, sbd=sbd, labels_csv=labels_csv, num_images=num_images,
-        seed=seed)
+        seed=seed, classes=list(classes) or None)
 
 
 @cli.command("cache-cues")
@@ -324,12 +329,16 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
 @click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.3, show_default=True,
               help="Keep detections scoring at least this.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
-def predict_cmd(inputs, run_dir, out_dir, tta, score_thresh, device):
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Training manifest whose category ids to write (only for runs without "
+                   "RUN/run.json, which records them).")
+def predict_cmd(inputs, run_dir, out_dir, tta, score_thresh, device, manifest):
     """Detect and segment objects in arbitrary images (files or folders), no cache needed.
 
     Proposals come from the built-in generator on the fly. Writes an overlay PNG per image and
-    OUT/predictions.json (COCO-style: images, categories, annotations with RLE masks). An
-    unreadable image is reported and skipped; the others proceed.
+    OUT/predictions.json (COCO-style: images, categories, annotations with RLE masks; category
+    ids are the training manifest's). An unreadable image is reported and skipped; the others
+    proceed.
 
     \b
     Example:
@@ -337,7 +346,8 @@ def predict_cmd(inputs, run_dir, out_dir, tta, score_thresh, device):
     """
     from pdsl.run_eval import predict_paths
 
-    r = predict_paths(inputs, run_dir, out_dir, tta=tta, device=device, score_thresh=score_thresh)
+    r = predict_paths(inputs, run_dir, out_dir, tta=tta, device=device, score_thresh=score_thresh,
+                      manifest=manifest)
     click.echo(f"predict: {r['images']} images, {r['detections']} detections, "
                f"{len(r['skipped'])} skipped -> {out_dir}", err=True)
 

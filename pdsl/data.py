@@ -126,6 +126,7 @@ class TrainDataset(torch.utils.data.Dataset):
             raise CacheError(f"cues.seed_source=mcg: {cues_store.path} has no MCG segments (cache "
                              f"it from MCG '-proposals' files, or use cues.seed_source=bank)")
         self.seed = int(seed)
+        self._verified: set[int] = set()  # image ids whose file hash was checked (per process)
         cues_store.check_manifest(manifest, require_bank=not self.online)
         if not self.online and cues_store.mask_size < 1:
             raise DataError(f"cue cache {cues_store.path}: no mask size recorded")
@@ -157,15 +158,20 @@ class TrainDataset(torch.utils.data.Dataset):
         c = self.cfg_input
         image_id = self.ids[index]
         img_info = self.manifest.image_by_id[image_id]
-        image = read_image(self.manifest.image_path(img_info), image_id)
-        H, W = image.shape[:2]
-        if (H, W) != (int(img_info["height"]), int(img_info["width"])):
-            raise DataError(f"image {image_id} ({self.manifest.image_path(img_info)}) is {W}x{H} "
-                            f"but the manifest says {img_info['width']}x{img_info['height']}")
         t0 = time.perf_counter()
         cues = self.store.get(image_id, with_bank=not self.online,
                               with_segments=self.seed_source == "mcg")
         cue_time = time.perf_counter() - t0
+        # the first read of an image in this process checks its bytes against the SHA-1 recorded
+        # when it was cached (a changed image is refused, not trained on with stale cues)
+        first = image_id not in self._verified
+        image = read_image(self.manifest.image_path(img_info), image_id,
+                           expect_sha1=cues.file_sha1 if first else None)
+        self._verified.add(image_id)
+        H, W = image.shape[:2]
+        if (H, W) != (int(img_info["height"]), int(img_info["width"])):
+            raise DataError(f"image {image_id} ({self.manifest.image_path(img_info)}) is {W}x{H} "
+                            f"but the manifest says {img_info['width']}x{img_info['height']}")
 
         # All draws first, in a fixed order, so that a config change does not shift the others.
         do_crop = rng.random() < c.crop_prob and c.crop < 1.0

@@ -15,3 +15,16 @@ class CacheError(PDSLError):
 
 class ConfigError(PDSLError):
     """A config key or value is invalid."""
+
+
+def user_message(e: BaseException) -> str:
+    """The message of a PDSLError as the CLI prints it: one line. An error raised in a torch
+    DataLoader worker comes back re-raised with the worker's traceback in its message
+    ("Caught CacheError in DataLoader worker process 0. Original Traceback ..."); this keeps
+    only the original message."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.rstrip().splitlines()[-1]
+        head, sep, rest = last.partition(": ")
+        msg = rest if sep and head.rsplit(".", 1)[-1] == type(e).__name__ else last
+    return msg

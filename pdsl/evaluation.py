@@ -4,12 +4,17 @@ Paper §4.2: instance segmentation is scored with the COCO metrics (AP over IoU 
 AP75, APs/m/l), the VOC 2012 tables with mAP at single IoU thresholds 0.25/0.5/0.7/0.75, and
 detection on VOC with box mAP at IoU 0.5 and CorLoc.
 
-pycocotools' ``COCOeval`` computes every AP here (DESIGN.md: never re-implement AP where
-``COCOeval`` computes it). The VOC-style single-threshold numbers are read from the same
-``COCOeval`` run with ``params.iouThrs`` set, so they use COCO's **101-point interpolated** AP,
-not VOC's all-point interpolation (detectron2 does the same for datasets in COCO format); the two
-differ slightly, typically by well under one AP point. Only CorLoc and the image-level
-(classification) mAP, which ``COCOeval`` does not compute, are implemented here.
+pycocotools' ``COCOeval`` computes every COCO AP here (DESIGN.md: never re-implement AP where
+``COCOeval`` computes it). The VOC protocol's single-threshold numbers are reported both ways,
+labelled: ``mAP@t`` is read from the same ``COCOeval`` run with ``params.iouThrs`` set, i.e.
+COCO's **101-point interpolated** AP (the PDSL paper's tables: pycocotools through detectron2);
+``voc_mAP@t`` is **VOC AP**, the area under the monotone precision-recall curve with chainercv's
+``eval_instance_segmentation_voc`` matching (:mod:`pdsl.voc_ap`; IRN, BESTIE, CIM report it).
+CorLoc, the image-level (classification) mAP and VOC AP, which ``COCOeval`` does not compute, are
+implemented here.
+
+:class:`Evaluator` streams: each image's detections are RLE-encoded and matched when they come
+(:mod:`pdsl.coco_stream`), so evaluation memory does not grow with the images' masks.
 
 All APs are percentages (0–100). A metric with no ground truth to score against (for example APl
 when no GT instance is large, or a class absent from the split) is ``nan`` and is left out of
@@ -414,38 +419,69 @@ def _numpy(x, name: str, image_id) -> np.ndarray:
 
 
 class Evaluator:
-    """Collects per-image predictions and scores them against a manifest's GT.
+    """Scores per-image predictions against a manifest's GT as they come (streaming).
 
     Usage (under ``torch.no_grad()``)::
 
-        ev = Evaluator(manifest)
-        for image_id, pred in predictions:  # pred from inference, original-image frame
-            ev.process(image_id, pred)
+        ev = Evaluator(manifest, keep_results=False)
+        with JsonListWriter(run_dir / "eval/val/coco_instances_results.json") as out:
+            for image_id, pred in predictions:  # pred from inference, original-image frame
+                out.extend(ev.process(image_id, pred))
         metrics = ev.evaluate()
-        write_json_atomic(ev.results(), run_dir / "eval/val/coco_instances_results.json")
+
+    :meth:`process` RLE-encodes the image's masks, matches its detections to its GT (pycocotools'
+    per-image ``evaluateImg`` for the COCO numbers, chainercv's matching for VOC AP) and keeps
+    only scores and match flags (:mod:`pdsl.coco_stream`, :mod:`pdsl.voc_ap`): memory does not
+    grow with the images' masks. It returns the image's COCO result records; with
+    ``keep_results`` (the default) they are also kept for :meth:`results`.
 
     Every manifest image is scored; an image that was never processed counts as one with no
     detection (a warning says how many), so partial runs give lower numbers, never flattering ones.
     """
 
-    def __init__(self, manifest, mask_threshold: float = 0.5, voc_thresholds=VOC_THRESHOLDS):
+    def __init__(self, manifest, mask_threshold: float = 0.5, voc_thresholds=VOC_THRESHOLDS,
+                 keep_results: bool = True):
         self.manifest = _manifest_of(manifest)
         if not self.manifest.has_gt:
             raise DataError(f"manifest {self.manifest.path}: no GT annotations, so there is "
                             f"nothing to evaluate against (use `predict` to only write results)")
         self.mask_threshold = float(mask_threshold)
         self.voc_thresholds = _check_thresholds(voc_thresholds)
+        self.keep_results = bool(keep_results)
+        self._rank = {i: n for n, i in enumerate(sorted(self.manifest.image_by_id))}
+        self._gt: dict = {}                      # iou type -> COCO of the manifest (built once)
         self.reset()
 
     def reset(self) -> None:
+        for coco_stream, voc in getattr(self, "_tracks", {}).values():
+            coco_stream.close()
+            voc.close()
         self._results: list[dict] = []
         self._image_scores: dict[int, np.ndarray] = {}
         self._seen: set = set()
         self._with_masks: bool | None = None
         self._with_image_scores: bool | None = None
+        self._tracks: dict = {}                  # iou type -> (StreamingCOCOeval, VOCAccumulator)
+        self._corloc_hits: dict[int, int] = {}
 
-    def process(self, image_id: int, prediction: dict) -> None:
-        """Add one image's predictions.
+    def _coco(self, iou_type):
+        if iou_type not in self._gt:
+            self._gt[iou_type] = _coco_gt(self.manifest, iou_type)
+        return self._gt[iou_type]
+
+    def _track(self, iou_type):
+        if iou_type not in self._tracks:
+            from .coco_stream import StreamingCOCOeval
+            from .voc_ap import VOCAccumulator
+
+            self._tracks[iou_type] = (
+                StreamingCOCOeval(self._coco(iou_type), iou_type,
+                                  _all_thresholds(self.voc_thresholds), _AREAS, MAX_DETS),
+                VOCAccumulator(self.manifest.num_classes, self.voc_thresholds))
+        return self._tracks[iou_type]
+
+    def process(self, image_id: int, prediction: dict) -> list[dict]:
+        """Score one image's predictions; return its COCO result records.
 
         Args:
             image_id: manifest image id.
@@ -455,6 +491,9 @@ class Evaluator:
                 probabilities are thresholded at ``mask_threshold``) or a list of K COCO RLEs;
                 optional ``image_scores`` ([C]): image-level class scores for classification mAP.
                 Either every image carries ``masks`` (and ``image_scores``) or none does.
+        Returns:
+            ``[{"image_id", "category_id", "score", "bbox": [x, y, w, h], "segmentation": RLE
+            with str counts (when masks are given)}]``.
         """
         image_id = int(image_id)
         img = self.manifest.image_by_id.get(image_id)
@@ -479,13 +518,24 @@ class Evaluator:
         self._image_scores_of(image_id, prediction, C)
         self._seen.add(image_id)
         cat_ids = [c["id"] for c in self.manifest.categories]
+        records = []
         for k in range(K):
             x1, y1, x2, y2 = (float(v) for v in boxes[k])
             r = {"image_id": image_id, "category_id": cat_ids[int(labels[k])],
                  "score": float(scores[k]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
             if rles is not None:
                 r["segmentation"] = rles[k]
-            self._results.append(r)
+            records.append(r)
+        for iou_type in ["bbox"] + (["segm"] if rles is not None else []):
+            coco_stream, voc = self._track(iou_type)
+            coco_stream.add(image_id, records)
+            _voc_match_image(voc, self._coco(iou_type), image_id, records, iou_type,
+                             self.manifest.cat_id_to_index, self._rank[image_id])
+        for cid, hit in _corloc_image(self._coco("bbox"), image_id, records).items():
+            self._corloc_hits[cid] = self._corloc_hits.get(cid, 0) + hit
+        if self.keep_results:
+            self._results.extend(records)
+        return records
 
     def _masks_to_rles(self, image_id, img, prediction, K) -> list[dict] | None:
         from pycocotools import mask as mask_utils
@@ -544,7 +594,10 @@ class Evaluator:
 
     def results(self) -> list[dict]:
         """The COCO result list (``bbox`` xywh, ``segmentation`` RLE with str counts when masks
-        were given) that the caller writes to ``coco_instances_results.json``."""
+        were given) of every processed image; only with ``keep_results``."""
+        if not self.keep_results:
+            raise RuntimeError("Evaluator(keep_results=False) keeps no results: write the "
+                               "records process() returns")
         return self._results
 
     def evaluate(self) -> dict:
@@ -552,11 +605,17 @@ class Evaluator:
 
         Returns (percentages; ``nan`` where there is no GT to score)::
 
-            {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "mAP@0.25", …, "CorLoc"},
+            {"bbox": {"AP", "AP50", "AP75", "APs", "APm", "APl", "mAP@0.25", …,
+                      "voc_mAP@0.25", …, "CorLoc"},
              "segm": {… the same without CorLoc},          # only if masks were given
              "classification": {"mAP"},                       # only if image_scores were given
-             "per_class": {"bbox_AP50": {name: AP}, "segm_AP50": …, "CorLoc": …, "cls_AP": …},
+             "per_class": {"bbox_AP50": {name: AP}, "bbox_voc_AP50": …, "segm_AP50": …,
+                           "CorLoc": …, "cls_AP": …},
              "num_images": processed, "num_gt_images": manifest images}
+
+        ``mAP@t`` is COCO's 101-point interpolated AP at IoU ``t`` (the PDSL paper's tables);
+        ``voc_mAP@t`` is VOC AP, the area under the monotone precision-recall curve with
+        chainercv's matching (IRN, BESTIE, CIM; :mod:`pdsl.voc_ap`).
         """
         n_all = len(self.manifest.images)
         if len(self._seen) < n_all:
@@ -566,18 +625,24 @@ class Evaluator:
         out: dict = {"num_images": len(self._seen), "num_gt_images": n_all}
         per_class: dict = {}
         names = {c["id"]: c["name"] for c in self.manifest.categories}
-        iou_types = ["bbox"] + (["segm"] if self._with_masks else [])
-        for iou_type in iou_types:
-            coco_gt = _coco_gt(self.manifest, iou_type)
-            ev = _run_cocoeval(coco_gt, self._results, iou_type,
-                               _all_thresholds(self.voc_thresholds), tuple(_AREAS))
+        for iou_type in ["bbox"] + (["segm"] if self._with_masks else []):
+            coco_stream, voc = self._track(iou_type)
+            ev = coco_stream.finish()
+            coco_gt = self._coco(iou_type)
+            voc_ap = _voc_ap_metrics(voc, coco_gt, self.manifest, self.voc_thresholds)
             out[iou_type] = {**_coco_six(ev), **_voc_metrics(ev, coco_gt, self.voc_thresholds,
-                                                              per_class=False)}
+                                                              per_class=False),
+                             **voc_ap["mean"]}
             per_class[f"{iou_type}_AP50"] = {names[c]: ap
                                              for c, ap in _per_class_ap(ev, 0.5).items()}
-        loc = corloc(self.manifest, self._results)
-        out["bbox"]["CorLoc"] = loc["CorLoc"]
-        per_class["CorLoc"] = loc["per_class"]
+            if 0.5 in voc_ap["per_class"]:
+                per_class[f"{iou_type}_voc_AP50"] = voc_ap["per_class"][0.5]
+        pairs = _corloc_pairs(self._coco("bbox"))
+        loc = {names[c]: (100.0 * self._corloc_hits.get(c, 0) / n if n else float("nan"))
+               for c, n in ((c, pairs.get(c, 0)) for c in sorted(names))}
+        valid = [v for v in loc.values() if not np.isnan(v)]
+        out["bbox"]["CorLoc"] = float(np.mean(valid)) if valid else float("nan")
+        per_class["CorLoc"] = loc
         if self._with_image_scores:
             ids = sorted(self._image_scores)
             cls = image_level_map(self.manifest, np.stack([self._image_scores[i] for i in ids]),
@@ -587,3 +652,131 @@ class Evaluator:
         out["per_class"] = per_class
         return out
 
+
+#: What each AP key means (``cli.py eval`` writes it into metrics.json next to the numbers).
+PROTOCOLS = {
+    "AP, AP50, AP75, APs/m/l": "COCO: pycocotools COCOeval, 101-point interpolation, maxDets 100",
+    "mAP@t": "mean over classes of AP at IoU t with COCO's 101-point interpolation "
+             "(pycocotools; the PDSL paper's tables)",
+    "voc_mAP@t": "mean over classes of VOC AP at IoU t: area under the monotone "
+                 "precision-recall curve, chainercv eval_instance_segmentation_voc matching "
+                 "(IRN, BESTIE, CIM)",
+    "CorLoc": "PASCAL correct localisation of the top box per (image, class), IoU 0.5",
+}
+
+
+def _voc_key_voc(t: float) -> str:
+    return f"voc_mAP@{t:g}"
+
+
+def _gt_geometry(coco_gt, ann, iou_type):
+    if iou_type == "bbox":
+        return [float(v) for v in ann["bbox"]]
+    img = coco_gt.imgs[ann["image_id"]]
+    from .coco_stream import bytes_counts
+
+    return bytes_counts(_any_to_rle(ann["segmentation"], int(img["height"]), int(img["width"])))
+
+
+def _voc_match_image(acc, coco_gt, image_id, records, iou_type, cat_index, rank) -> None:
+    """chainercv's matching of one image's records, every class, into ``acc``."""
+    from pycocotools import mask as mask_utils
+
+    from .coco_stream import bytes_counts
+
+    by_cat: dict[int, list] = {}
+    for r in records:
+        by_cat.setdefault(r["category_id"], []).append(r)
+    gts: dict[int, list] = {}
+    for a in coco_gt.imgToAnns.get(image_id, []):
+        gts.setdefault(a["category_id"], []).append(a)
+    for cid, dets in by_cat.items():
+        g = gts.get(cid, [])
+        scores = [d["score"] for d in dets]
+        if g:
+            if iou_type == "bbox":
+                dg = [list(map(float, d["bbox"])) for d in dets]
+            else:
+                dg = [bytes_counts(d["segmentation"]) for d in dets]
+            ious = np.asarray(mask_utils.iou(dg, [_gt_geometry(coco_gt, a, iou_type) for a in g],
+                                             [0] * len(g)), np.float64).reshape(len(dets), len(g))
+        else:
+            ious = np.zeros((len(dets), 0))
+        acc.add(cat_index[cid], scores, ious, [bool(a.get("iscrowd", 0)) for a in g], rank)
+
+
+def _voc_ap_metrics(acc, coco_gt, manifest, thresholds) -> dict:
+    """``{"mean": {"voc_mAP@t": percent}, "per_class": {t: {name: percent}}}``."""
+    n_pos = np.zeros(manifest.num_classes, np.int64)
+    for a in coco_gt.dataset["annotations"]:
+        if not a.get("iscrowd", 0):
+            n_pos[manifest.cat_id_to_index[a["category_id"]]] += 1
+    aps = acc.ap(n_pos)
+    mean, per = {}, {}
+    for t in thresholds:
+        vals = np.asarray(aps[t], np.float64) * 100
+        valid = vals[~np.isnan(vals)]
+        mean[_voc_key_voc(t)] = float(valid.mean()) if valid.size else float("nan")
+        per[t] = {n: float(v) for n, v in zip(manifest.class_names, vals)}
+    return {"mean": mean, "per_class": per}
+
+
+def voc_ap_map(gt, results: list[dict], thresholds=VOC_THRESHOLDS, iou_type: str = "segm",
+               per_class: bool = False) -> dict:
+    """The VOC protocol with VOC AP (area under the monotone PR curve, chainercv's matching;
+    :mod:`pdsl.voc_ap`) from a COCO result list: ``{"voc_mAP@0.25": …, …}`` in percent, plus
+    ``"per_class": {"voc_mAP@0.5": {name: AP}}`` with ``per_class``. Every manifest image
+    counts (an image without results has missed its GT)."""
+    from .voc_ap import VOCAccumulator
+
+    m = _manifest_of(gt)
+    thresholds = _check_thresholds(thresholds)
+    coco_gt = _coco_gt(m, iou_type)
+    dets = _select_results(coco_gt, results, iou_type)
+    acc = VOCAccumulator(m.num_classes, thresholds)
+    by_img: dict[int, list] = {}
+    for r in dets:
+        by_img.setdefault(r["image_id"], []).append(r)
+    rank = {i: n for n, i in enumerate(sorted(m.image_by_id))}
+    for image_id, recs in by_img.items():
+        _voc_match_image(acc, coco_gt, image_id, recs, iou_type, m.cat_id_to_index,
+                         rank[image_id])
+    res = _voc_ap_metrics(acc, coco_gt, m, thresholds)
+    acc.close()
+    out = dict(res["mean"])
+    if per_class:
+        out["per_class"] = {_voc_key_voc(t): v for t, v in res["per_class"].items()}
+    return out
+
+
+def _corloc_image(coco_gt, image_id, records, iou: float = 0.5) -> dict[int, int]:
+    """CorLoc hits of one image: ``{category id: 1 if the top box of that class hits a non-crowd
+    GT box of it, else 0}`` over the classes with non-crowd GT in the image."""
+    from pycocotools import mask as mask_utils
+
+    top: dict[int, dict] = {}
+    for r in records:  # first of equal scores wins
+        if r["category_id"] not in top or r["score"] > top[r["category_id"]]["score"]:
+            top[r["category_id"]] = r
+    gt_boxes: dict[int, list] = {}
+    for a in coco_gt.imgToAnns.get(image_id, []):
+        if not a["iscrowd"]:
+            gt_boxes.setdefault(a["category_id"], []).append(list(map(float, a["bbox"])))
+    hits = {}
+    for cid, boxes in gt_boxes.items():
+        d = top.get(cid)
+        hits[cid] = 0
+        if d is not None:
+            ious = mask_utils.iou([list(map(float, d["bbox"]))], boxes, [0] * len(boxes))
+            hits[cid] = int(np.max(ious) >= iou)
+    return hits
+
+
+def _corloc_pairs(coco_gt) -> dict[int, int]:
+    """``{category id: number of images with a non-crowd GT instance of it}``."""
+    pairs = {(a["image_id"], a["category_id"]) for a in coco_gt.dataset["annotations"]
+             if not a["iscrowd"]}
+    out: dict[int, int] = {}
+    for _, cid in pairs:
+        out[cid] = out.get(cid, 0) + 1
+    return out

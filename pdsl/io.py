@@ -11,7 +11,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .errors import DataError
+from .errors import CacheError, DataError
 
 
 @contextlib.contextmanager
@@ -53,15 +53,56 @@ def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def read_image(path: str | os.PathLike, image_id=None) -> np.ndarray:
-    """Read an image as ``uint8 [H, W, 3]`` BGR (OpenCV order). One clear error if it cannot."""
+def read_image(path: str | os.PathLike, image_id=None, expect_sha1: str | None = None) -> np.ndarray:
+    """Read an image as ``uint8 [H, W, 3]`` BGR (OpenCV order). One clear error if it cannot.
+
+    ``expect_sha1``: the SHA-1 the cue cache recorded for the file; other bytes raise
+    :class:`CacheError` (the image changed after caching). Hashes the bytes already read."""
     import cv2
 
     who = f"image {image_id} ({path})" if image_id is not None else f"image {path}"
     if not os.path.isfile(path):
         raise DataError(f"{who}: file not found")
     data = np.fromfile(str(path), dtype=np.uint8)
+    if expect_sha1 is not None:
+        sha = hashlib.sha1(data.tobytes()).hexdigest()
+        if sha != expect_sha1:
+            raise CacheError(f"{who}: changed since it was cached (SHA-1 {sha[:12]}, the cue "
+                             f"cache recorded {expect_sha1[:12]}): stale cue cache, rebuild it "
+                             f"(`cli.py cache-cues` or snakemake) or restore the image")
     img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
         raise DataError(f"{who}: not a readable image (corrupt or unsupported format)")
     return img
+
+
+class JsonListWriter:
+    """Write a JSON list item by item (memory independent of its length), atomically: the file
+    appears under its name only when the ``with`` block ends without an error.
+
+    >>> with JsonListWriter("results.json") as out:
+    ...     out.extend([{"image_id": 1}, {"image_id": 2}])
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.count = 0
+        self._ctx = atomic_path(self.path)
+        self._f = None
+
+    def __enter__(self) -> "JsonListWriter":
+        tmp = self._ctx.__enter__()
+        self._f = open(tmp, "w")
+        self._f.write("[")
+        return self
+
+    def extend(self, items) -> None:
+        for item in items:
+            self._f.write(("\n" if self.count == 0 else ",\n") + json.dumps(item))
+            self.count += 1
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self._f.write("\n]\n")
+        self._f.close()
+        return self._ctx.__exit__(exc_type, exc, tb)

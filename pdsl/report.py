@@ -143,14 +143,25 @@ def _fmt(v):
 
 
 def metrics_table(metrics: dict) -> str:
-    cols = ["AP", "AP50", "AP75", "APs", "APm", "APl", "mAP@0.25", "mAP@0.5", "mAP@0.7",
-            "mAP@0.75"]
+    """COCO metrics and CorLoc, then the VOC protocol both ways, labelled (COCO's 101-point
+    interpolation as in the PDSL paper; VOC AP, area under the PR curve, as IRN/BESTIE/CIM)."""
+    cols = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     lines = ["| | " + " | ".join(cols) + " | CorLoc |", "|---" * (len(cols) + 2) + "|"]
-    for kind, title in (("segm", "mask"), ("bbox", "box")):
-        if kind in metrics:
-            m = metrics[kind]
-            lines.append(f"| {title} | " + " | ".join(_fmt(m.get(c)) for c in cols)
-                         + f" | {_fmt(m.get('CorLoc')) if kind == 'bbox' else '—'} |")
+    kinds = [(k, t) for k, t in (("segm", "mask"), ("bbox", "box")) if k in metrics]
+    for kind, title in kinds:
+        m = metrics[kind]
+        lines.append(f"| {title} | " + " | ".join(_fmt(m.get(c)) for c in cols)
+                     + f" | {_fmt(m.get('CorLoc')) if kind == 'bbox' else '—'} |")
+    thr = ["0.25", "0.5", "0.7", "0.75"]
+    lines += ["", "| VOC protocol | " + " | ".join(f"mAP@{t}" for t in thr) + " |",
+              "|---" * (len(thr) + 1) + "|"]
+    for kind, title in kinds:
+        m = metrics[kind]
+        for prefix, label in (("", "COCO 101-point interp. (PDSL paper)"),
+                              ("voc_", "VOC AP, area under PR (IRN, BESTIE, CIM)")):
+            if any(f"{prefix}mAP@{t}" in m for t in thr):
+                lines.append(f"| {title}, {label} | "
+                             + " | ".join(_fmt(m.get(f"{prefix}mAP@{t}")) for t in thr) + " |")
     return "\n".join(lines)
 
 

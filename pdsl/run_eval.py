@@ -52,12 +52,11 @@ def _device(name="auto"):
 
 def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=None,
                  max_images: int | None = None, device: str = "auto", report: bool = True) -> dict:
-    """Predict every image of the manifest (proposals from the cue cache), score with pycocotools,
-    write ``coco_instances_results.json``, ``metrics.json`` and (``report``) ``report.md``."""
-    import click
-
+    """Predict every image of the manifest (proposals from the cue cache), score with pycocotools
+    as the images come, write ``coco_instances_results.json`` (incrementally), ``metrics.json``
+    and (``report``) ``report.md``. Memory does not grow with the number of images: each image's
+    masks are RLE-encoded and matched, then dropped (only the report's few samples are kept)."""
     from .cues.store import CueStore
-    from .evaluation import Evaluator
 
     device = _device(device)
     manifest = load_manifest(manifest_path)
@@ -66,52 +65,83 @@ def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=N
     model, cfg, names, ckpt_path = load_run(run_dir, manifest.class_names, device)
     params = TestParams.from_config(cfg, tta)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "eval" / manifest.split
-    images = manifest.images[:max_images] if max_images else manifest.images
-    ev = Evaluator(manifest) if manifest.has_gt else None
-    preds = {}
+    if max_images:  # score only the processed images
+        manifest = subset_manifest(manifest, manifest.images[:max_images])
+
+    def predict(img):
+        c = store.get(img["id"], with_bank=False)
+        image = read_image(manifest.image_path(img), img["id"])
+        return predict_image(model, image, c.boxes, c.scores, params, device)
+
+    samples = [img["id"] for img in manifest.images[:REPORT_SAMPLES]]
     t0 = time.perf_counter()
-    with click.progressbar(images, label=f"eval {manifest.split}", show_pos=True, show_eta=True,
-                           file=sys.stderr) as bar:
-        for img in bar:
-            c = store.get(img["id"], with_bank=False)
-            image = read_image(manifest.image_path(img), img["id"])
-            p = predict_image(model, image, c.boxes, c.scores, params, device)
-            preds[img["id"]] = p
-            if ev is not None:
-                ev.process(img["id"], {"boxes": p["boxes"], "scores": p["scores"],
-                                       "labels": p["labels"], "masks": p["masks"],
-                                       "image_scores": p["class_scores"]})
+    scores, kept = stream_evaluation(manifest, predict, out_dir / "coco_instances_results.json",
+                                     keep=samples, label=f"eval {manifest.split}")
     secs = time.perf_counter() - t0
+    n = len(manifest.images)
     metrics = {"run": str(run_dir), "checkpoint": str(ckpt_path), "manifest": str(manifest.path),
                "split": manifest.split, "tta": tta, "scales": list(params.scales),
-               "flip": params.flip, "images": len(images),
-               "seconds_per_image": secs / max(len(images), 1)}
-    if ev is not None:
-        if max_images:  # score only the processed images
-            from .manifest import Manifest
+               "flip": params.flip, "images": n, "seconds_per_image": secs / max(n, 1)}
+    if scores is not None:
+        from .evaluation import PROTOCOLS
 
-            keep = {i["id"] for i in images}
-            sub = Manifest(path=manifest.path, info=manifest.info, images=list(images),
-                           categories=manifest.categories,
-                           annotations=[a for a in manifest.annotations if a["image_id"] in keep])
-            ev2 = Evaluator(sub)
-            for iid, p in preds.items():
-                ev2.process(iid, {"boxes": p["boxes"], "scores": p["scores"],
-                                  "labels": p["labels"], "masks": p["masks"],
-                                  "image_scores": p["class_scores"]})
-            ev = ev2
-        metrics.update(ev.evaluate())
-        results = ev.results()
-    else:
-        results = _results_without_gt(manifest, preds)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(results, out_dir / "coco_instances_results.json")
+        metrics.update(scores)
+        metrics["protocols"] = dict(PROTOCOLS)
     write_json_atomic(json_safe(metrics), out_dir / "metrics.json", indent=2)
     if report:
         from .report import write_report
 
-        write_report(out_dir, Path(run_dir), manifest, store, preds, metrics)
+        write_report(out_dir, Path(run_dir), manifest, store, kept, metrics)
     return metrics
+
+
+#: images whose predictions ``report.md`` draws (the only ones kept in memory)
+REPORT_SAMPLES = 6
+
+
+def subset_manifest(manifest, images):
+    """The manifest restricted to ``images`` (and their annotations)."""
+    from .manifest import Manifest
+
+    keep = {i["id"] for i in images}
+    return Manifest(path=manifest.path, info=manifest.info, images=list(images),
+                    categories=manifest.categories,
+                    annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+
+
+def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "eval"):
+    """``predict(image_info) -> prediction`` (as :func:`predict_image` returns it) for every
+    manifest image; each image's results are appended to ``results_path`` (a COCO result json,
+    renamed into place at the end) and, with GT, scored by a streaming
+    :class:`~pdsl.evaluation.Evaluator`. Returns ``(metrics or None without GT, {image id:
+    prediction} for the ids in keep)``."""
+    import click
+
+    from .evaluation import Evaluator
+    from .io import JsonListWriter
+
+    ev = Evaluator(manifest, keep_results=False) if manifest.has_gt else None
+    cat_ids = [c["id"] for c in manifest.categories]
+    keep, kept = set(keep), {}
+    bar = click.progressbar(manifest.images, label=label, show_pos=True, show_eta=True,
+                            file=sys.stderr)
+    with bar, JsonListWriter(results_path) as out:
+        for img in bar:
+            p = predict(img)
+            if ev is not None:
+                records = ev.process(img["id"], {"boxes": p["boxes"], "scores": p["scores"],
+                                                 "labels": p["labels"], "masks": p["masks"],
+                                                 "image_scores": p.get("class_scores")})
+            else:
+                records = result_records(img["id"], p, cat_ids)
+            out.extend(records)
+            if img["id"] in keep:
+                kept[img["id"]] = p
+    if ev is None:
+        return None, kept
+    metrics = ev.evaluate()
+    ev.reset()  # closes the temporary files of the per-detection rows
+    return metrics, kept
 
 
 def json_safe(obj):
@@ -134,17 +164,13 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
 
     from .cues.store import CueStore
     from .evaluation import Evaluator
-    from .manifest import Manifest
 
     device = _device(device)
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
     store.check_manifest(manifest, require_bank=False)
     images = manifest.images[:max_images]
-    keep = {i["id"] for i in images}
-    sub = Manifest(path=manifest.path, info=manifest.info, images=list(images),
-                   categories=manifest.categories,
-                   annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+    sub = subset_manifest(manifest, images)
     ckpts = sorted((Path(run_dir) / "checkpoints").glob("model_*.pth"))
     if not ckpts:
         raise ConfigError(f"run {run_dir}: no checkpoints to draw an AP curve from")
@@ -154,7 +180,7 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
     for ck in ckpts:
         model, cfg, _, _ = load_run(run_dir, manifest.class_names, device, checkpoint=ck)
         params = TestParams.from_config(cfg, tta=False)
-        ev = Evaluator(sub)
+        ev = Evaluator(sub, keep_results=False)
         for img, image, c in loaded:
             p = predict_image(model, image, c.boxes, c.scores, params, device)
             ev.process(img["id"], {"boxes": p["boxes"], "scores": p["scores"],
@@ -175,28 +201,51 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
     return out
 
 
-def _results_without_gt(manifest, preds) -> list[dict]:
+def result_records(image_id, p, cat_ids) -> list[dict]:
+    """COCO result records of one image's prediction (category ids from ``cat_ids``, the
+    manifest's, indexed by label; masks RLE-encoded)."""
     from pycocotools import mask as mask_utils
 
-    cat_ids = [c["id"] for c in manifest.categories]
     out = []
-    for iid, p in preds.items():
-        for k in range(len(p["boxes"])):
-            x1, y1, x2, y2 = (float(v) for v in p["boxes"][k])
-            r = {"image_id": int(iid), "category_id": cat_ids[int(p["labels"][k])],
-                 "score": float(p["scores"][k]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
-            if "masks" in p:
-                rle = mask_utils.encode(np.asfortranarray(p["masks"][k].astype(np.uint8)))
-                r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
-            out.append(r)
+    for k in range(len(p["boxes"])):
+        x1, y1, x2, y2 = (float(v) for v in p["boxes"][k])
+        r = {"image_id": int(image_id), "category_id": int(cat_ids[int(p["labels"][k])]),
+             "score": float(p["scores"][k]), "bbox": [x1, y1, x2 - x1, y2 - y1]}
+        if p.get("masks") is not None:
+            rle = mask_utils.encode(np.asfortranarray(p["masks"][k].astype(np.uint8)))
+            r["segmentation"] = {"size": rle["size"], "counts": rle["counts"].decode()}
+        out.append(r)
     return out
 
 
+def run_category_ids(run_dir, names, manifest_path=None) -> list[int]:
+    """The category id of each class index of a run: the manifest's ids, as ``RUN/run.json``
+    recorded them at training time (or as ``manifest_path`` gives them, for a run made before
+    run.json existed). Refuses categories whose names are not the run's classes."""
+    from .rundir import run_categories
+
+    if manifest_path is not None:
+        cats, where = load_manifest(manifest_path).categories, f"manifest {manifest_path}"
+    else:
+        cats, where = run_categories(run_dir), f"{Path(run_dir) / 'run.json'}"
+        if cats is None:
+            raise ConfigError(f"run {run_dir}: no run.json recording the training manifest's "
+                              f"category ids (a run trained before it existed): pass "
+                              f"--manifest with the training manifest")
+    cats = sorted(cats, key=lambda c: int(c["id"]))  # class index order = sorted category ids
+    if [c["name"] for c in cats] != list(names):
+        raise ConfigError(f"{where}: categories {[c['name'] for c in cats]} are not the run's "
+                          f"classes {list(names)}")
+    return [int(c["id"]) for c in cats]
+
+
 def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "auto",
-                  score_thresh: float = 0.3, proposals: str = "builtin") -> dict:
+                  score_thresh: float = 0.3, proposals: str = "builtin",
+                  manifest=None) -> dict:
     """Predict arbitrary images (files or folders) with no cache: proposals from the built-in
     generator. Writes one overlay PNG per image and ``predictions.json`` (COCO results with a
-    ``file_name`` per image). An unreadable image is reported and skipped."""
+    ``file_name`` per image; category ids are the training manifest's, see
+    :func:`run_category_ids`). An unreadable image is reported and skipped."""
     import click
 
     from .proposals import make_source
@@ -204,6 +253,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
 
     device = _device(device)
     model, cfg, names, _ = load_run(run_dir, None, device)
+    cat_ids = run_category_ids(run_dir, names, manifest)
     params = TestParams.from_config(cfg, tta)
     source = make_source(proposals)
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
@@ -237,7 +287,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
         for j in np.nonzero(keep)[0]:
             x1, y1, x2, y2 = (float(v) for v in p["boxes"][j])
             rle = mask_utils.encode(np.asfortranarray(p["masks"][j].astype(np.uint8)))
-            results.append({"image_id": k, "category_id": int(p["labels"][j]) + 1,
+            results.append({"image_id": k, "category_id": cat_ids[int(p["labels"][j])],
                             "category": names[int(p["labels"][j])], "score": float(p["scores"][j]),
                             "bbox": [x1, y1, x2 - x1, y2 - y1],
                             "segmentation": {"size": rle["size"], "counts": rle["counts"].decode()}})
@@ -247,7 +297,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
 
         cv2.imwrite(str(out_dir / f"{f.stem}_pred.png"), vis)
         click.echo(f"predict: {f} -> {int(keep.sum())} detections", err=True)
-    doc = {"images": images, "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+    doc = {"images": images, "categories": [{"id": i, "name": n} for i, n in zip(cat_ids, names)],
            "annotations": results, "skipped": skipped}
     write_json_atomic(doc, out_dir / "predictions.json")
     return {"images": len(images), "skipped": skipped, "detections": len(results)}

@@ -35,6 +35,7 @@ from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, lo
                    single_threaded_opencv, worker_init)
 from .errors import ConfigError, PDSLError
 from .io import atomic_path
+from .rundir import check_run_dir, record_run
 
 CHECKPOINT_FORMAT = 1
 
@@ -315,6 +316,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
     if accum * world * s.images_per_gpu != s.images_per_step:
         raise ConfigError(f"solver.images_per_step ({s.images_per_step}) must be a multiple of "
                           f"world size x solver.images_per_gpu ({world} x {s.images_per_gpu})")
+    check_run_dir(out_dir, to_dict(cfg), resume)  # never overwrite another run
     seed = cfg.train.seed
     dataset = TrainDataset(manifest, store, cfg, seed=seed, verbose=main)  # checks the cache
     random.seed(seed)
@@ -358,6 +360,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
 
     if main:  # after the checks above: a refused resume leaves the run directory untouched
         out_dir.mkdir(parents=True, exist_ok=True)
+        record_run(out_dir, to_dict(cfg), manifest)
         log(f"train: resolved config\n{dump_config(cfg)}")
         save_config(cfg, out_dir / "config.yaml")
         log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "

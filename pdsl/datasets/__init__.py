@@ -5,7 +5,7 @@
 * ``synthetic`` -- generated shapes (``pdsl.datasets.synthetic.generate``)
 * ``voc``       -- PASCAL VOC 2012, ``train``/``val``/``trainval``; ``train_aug`` with SBD
 * ``coco``      -- COCO instances json + image folder, passed through
-* ``folder``    -- a folder of images and a labels CSV (image-level labels only)
+* ``folder``    -- a folder of images and a labels CSV or JSON (image-level labels only)
 
 The converters themselves (``convert_voc``, ``convert_coco``, ``convert_folder``) return manifest
 dicts without writing anything; ``prepare_data`` saves atomically and prints one summary line.
@@ -45,7 +45,7 @@ def summarize(d: dict) -> str:
 
 def prepare_data(fmt: str, out: str | os.PathLike, split: str, root=None, sbd=None,
                  labels_csv=None, num_images: int | None = None, seed: int = 0,
-                 n_jobs: int = 1, progress: bool = True):
+                 n_jobs: int = 1, progress: bool = True, classes=None):
     """Convert a dataset split to a manifest and write it; return the loaded ``Manifest``.
 
     ``out`` is the manifest path (``*.json``) or a folder (the manifest is ``<out>/<split>.json``;
@@ -81,7 +81,9 @@ def prepare_data(fmt: str, out: str | os.PathLike, split: str, root=None, sbd=No
     if sbd is not None and fmt != "voc":
         raise DataError(f"prepare-data {fmt}: --sbd only applies to the voc format")
     if labels_csv is not None and fmt != "folder":
-        raise DataError(f"prepare-data {fmt}: --labels-csv only applies to the folder format")
+        raise DataError(f"prepare-data {fmt}: --labels only applies to the folder format")
+    if classes and fmt != "folder":
+        raise DataError(f"prepare-data {fmt}: --classes only applies to the folder format")
 
     if fmt == "voc":
         from .voc import convert_voc
@@ -96,7 +98,7 @@ def prepare_data(fmt: str, out: str | os.PathLike, split: str, root=None, sbd=No
         from .folder import convert_folder
 
         d = convert_folder(root, split, labels_csv=labels_csv, progress=progress,
-                           num_images=num_images, seed=seed)
+                           num_images=num_images, seed=seed, classes=classes)
 
     from ..manifest import save_manifest
 

@@ -17,6 +17,7 @@ instance's class is the majority class over its pixels, ignoring 0 and 255. SBD:
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -70,18 +71,51 @@ def read_list(path: Path, what: str) -> list[str]:
     names = []
     for line in text.splitlines():
         parts = line.split()
-        if parts:
+        if len(parts) == 2 and parts[1] in ("-1", "0", "1"):  # a per-class list: name flag
             names.append(parts[0])
+        elif parts:
+            names.append(line.strip())                       # a name may contain spaces
     return names
 
 
+_VOC_NAME = re.compile(r"^\d[\d_]*$")
+
+
 def image_id_of(name: str) -> int:
-    """``2008_000002`` -> ``2008000002`` (the authors' id scheme)."""
-    try:
-        return int(name.replace("_", ""))
-    except ValueError:
-        raise DataError(f"VOC image name {name!r}: expected YYYY_NNNNNN "
-                        "(digits and underscores) to form an image id") from None
+    """``2008_000002`` -> ``2008000002`` (the authors' id scheme, for VOC-style names)."""
+    if not _VOC_NAME.match(name):
+        raise DataError(f"VOC image name {name!r}: not of the form YYYY_NNNNNN (digits and "
+                        "underscores), so it has no id of the authors' scheme")
+    return int(name.replace("_", ""))
+
+
+def assign_image_ids(names) -> dict[str, int]:
+    """Image id of every name of a split list.
+
+    VOC's own names (``2008_000002``: digits and underscores) keep the authors' ids
+    (``2008000002``), so manifests and proposal files match theirs. Any other name (exports of
+    labelImg, CVAT or Roboflow: ``IMG_0042``, ``frame 7``, ...) or names whose ids would collide
+    (``1_23`` and ``12_3``) give every image its position 1..N in the sorted list instead. The
+    ids are therefore stable for a given list, whatever subset (``num_images``) is converted."""
+    names = sorted(set(names))
+    if all(_VOC_NAME.match(n) for n in names):
+        ids = {n: int(n.replace("_", "")) for n in names}
+        if len(set(ids.values())) == len(ids):
+            return ids
+    return {n: k + 1 for k, n in enumerate(names)}
+
+
+#: image file extensions looked for in JPEGImages/, in this order (exports are not always JPEG)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
+
+
+def find_image(voc: Path, name: str) -> Path:
+    for ext in IMAGE_EXTENSIONS:
+        p = voc / "JPEGImages" / f"{name}{ext}"
+        if p.is_file():
+            return p
+    raise DataError(f"image {name}: JPEG {voc / 'JPEGImages' / (name + '.jpg')} not found "
+                    f"(nor .jpeg/.png/.bmp/.webp)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,15 +244,16 @@ def _sbd_instances(sbd: Path, name: str):
     return seg.shape, insts, 0, str(path)
 
 
-def convert_voc_image(voc: Path, name: str, sbd: Path | None = None) -> dict:
+def convert_voc_image(voc: Path, name: str, sbd: Path | None = None,
+                      image_id: int | None = None) -> dict:
     """One image -> ``{"image": ..., "annotations": [...], "dropped": n, "source": "voc"|"sbd"}``.
 
     Uses SBD masks when ``sbd`` is given, else VOC masks. Annotations have no ``id`` yet.
+    ``image_id``: from :func:`assign_image_ids` (default: the authors' id of a VOC name).
     """
-    image_id = image_id_of(name)
-    jpg = voc / "JPEGImages" / f"{name}.jpg"
-    if not jpg.is_file():
-        raise DataError(f"image {name}: JPEG {jpg} not found")
+    if image_id is None:
+        image_id = image_id_of(name)
+    jpg = find_image(voc, name)
     if sbd is not None:
         shape, insts, dropped, mask_path = _sbd_instances(sbd, name)
     else:
@@ -229,7 +264,7 @@ def convert_voc_image(voc: Path, name: str, sbd: Path | None = None) -> dict:
         raise DataError(f"image {name}: JPEG {jpg} is {js[1]}x{js[0]} but its mask {mask_path} "
                         f"is {w}x{h}")
     anns = [mask_annotation(m, image_id, c) for m, c in insts]
-    img = {"id": image_id, "file_name": f"{name}.jpg", "height": h, "width": w,
+    img = {"id": image_id, "file_name": jpg.name, "height": h, "width": w,
            "labels": sorted({c for _, c in insts})}
     return {"image": img, "annotations": anns, "dropped": dropped,
             "source": "sbd" if sbd is not None else "voc"}
@@ -273,9 +308,10 @@ def convert_voc(root: str | os.PathLike, split: str, sbd_root: str | os.PathLike
     if not entries:
         raise DataError(f"VOC split {split!r} under {voc}: the image list is empty")
     n_listed = len(entries)
+    ids = assign_image_ids(name for name, _ in entries)
     entries = [entries[i] for i in choose_subset(n_listed, num_images, seed)]
 
-    jobs = [(name, sbd if use_sbd else None) for name, use_sbd in entries]
+    jobs = [(name, sbd if use_sbd else None, ids[name]) for name, use_sbd in entries]
     results = _run_jobs(voc, jobs, n_jobs, progress, f"voc {split}")
 
     images, anns, dropped, n_sbd = [], [], 0, 0
@@ -311,10 +347,10 @@ def convert_voc(root: str | os.PathLike, split: str, sbd_root: str | os.PathLike
 
 def _run_jobs(voc, jobs, n_jobs, progress, label):
     if n_jobs is None or n_jobs == 1 or len(jobs) < 2:
-        gen = (convert_voc_image(voc, name, s) for name, s in jobs)
+        gen = (convert_voc_image(voc, name, s, i) for name, s, i in jobs)
     else:
         from joblib import Parallel, delayed
 
         gen = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)(
-            delayed(convert_voc_image)(voc, name, s) for name, s in jobs)
+            delayed(convert_voc_image)(voc, name, s, i) for name, s, i in jobs)
     return list(progress_iter(gen, len(jobs), label, enabled=progress))

@@ -15,26 +15,44 @@ wildcard_constraints:
     shard=r"\d+-of-\d+",
 
 
+def section(name):
+    """A config section, or None when it is left out or null (`train: null` in a --configfile
+    removes a section the default config has: Snakemake merges config files)."""
+    return config.get(name) or None
+
+
 def all_targets():
-    """Cue caches of every split, then (if the config has a `train` section) the trained run's
-    report on the eval split."""
+    """Cue caches of every split, then (with a `train` section) the trained run, and (with an
+    `eval` section too) its report on the eval split."""
     targets = all_cues()
-    if "train" in config:
+    if section("train"):
         run = config["train"]["run"]
-        targets.append(f"{RUNS}/{run}/eval/{config['eval']['split']}/report.md")
+        if section("eval"):
+            targets.append(f"{RUNS}/{run}/eval/{config['eval']['split']}/report.md")
+        else:
+            targets.append(f"{RUNS}/{run}/train.done")
     return targets
 
 
 def train_overrides(wildcards):
     overrides = list(config["train"].get("overrides", []))
-    if "pretrain" in config:
+    if section("pretrain"):
         overrides.append(f"model.pretrained={RUNS}/{wildcards.run}/backbone.pth")
     return " ".join(f"'{o}'" for o in overrides)
 
 
 def train_inputs(wildcards):
     """The pretrained backbone, when the config has a `pretrain` section."""
-    return [f"{RUNS}/{wildcards.run}/backbone.pth"] if "pretrain" in config else []
+    return [f"{RUNS}/{wildcards.run}/backbone.pth"] if section("pretrain") else []
+
+
+def pretrain_val(wildcards):
+    """The eval split's manifest (pretrain reports its val mAP on it), if there is one."""
+    return [f"{DATA}/{DATASET}/{config['eval']['split']}.json"] if section("eval") else []
+
+
+def pretrain_val_arg(wildcards, input):
+    return f"--val-manifest {input.val}" if input.val else ""
 
 
 def pretrain_args(wildcards):
@@ -68,8 +86,11 @@ def prepare_args(wildcards):
     if p["format"] == "synthetic":
         args += [f"--num-images {p['num_images'][wildcards.split]}", f"--seed {p.get('seed', 0)}"]
     for key, opt in (("root", "--root"), ("sbd", "--sbd"), ("labels_csv", "--labels")):
-        if p.get(key):
-            args.append(f"{opt} '{p[key]}'")
+        if p.get(key):  # "{split}" in a path names the split's own file (labels per split)
+            args.append(f"{opt} '{p[key].replace('{split}', wildcards.split)}'")
+    classes = p.get("classes") or []
+    for c in [classes] if isinstance(classes, str) else classes:
+        args.append(f"--classes '{c}'")
     return " ".join(args)
 
 

@@ -3,15 +3,16 @@ rule pretrain:
     stand-in for ImageNet weights where none exist, e.g. the synthetic benchmark's tiny CNN)."""
     input:
         manifest=f"{DATA}/{DATASET}/{config['train']['split']}.json",
-        val=f"{DATA}/{DATASET}/{config['eval']['split']}.json",
+        val=pretrain_val,
     output:
         f"{RUNS}/{{run}}/backbone.pth",
     params:
         python=PYTHON,
         args=pretrain_args,
+        val=pretrain_val_arg,
     log:
         f"{RUNS}/{{run}}/logs/pretrain.log",
     threads: 2  # torch intra-op threads of one CPU process
     shell:
         "{params.python} cli.py pretrain-backbone --manifest {input.manifest} "
-        "--val-manifest {input.val} {params.args} --out {output} 2> {log}"
+        "{params.val} {params.args} --out {output} 2> {log}"

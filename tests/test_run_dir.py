@@ -1,0 +1,100 @@
+"""A run directory belongs to one run: ``train --out RUN`` never overwrites a run (issue 10).
+
+RUN/run.json records the hash of the resolved config; training into a directory that holds a
+run is refused without --resume, and with --resume unless the config is the same."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_data import make_tiny_set
+
+pytest.importorskip("pdsl.model.pdsl_net")
+
+import pdsl.train as T  # noqa: E402
+from pdsl.errors import ConfigError  # noqa: E402
+from pdsl.rundir import config_hash  # noqa: E402
+
+FAST = ["model.backbone=tiny", "model.pretrained=null", "model.hidden_dim=32", "model.mask_dim=16",
+        "model.mask_per_image=8", "input.train_scales=[64]", "input.max_size=128",
+        "input.max_proposals=12", "solver.warmup_iters=2", "solver.images_per_step=2",
+        "solver.images_per_gpu=2", "train.num_workers=0", "train.threads=1", "train.device=cpu",
+        "train.log_period=100"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_set(tmp_path_factory.mktemp("tiny_rundir"))
+
+
+def _train(tiny, out, *overrides, **kw):
+    manifest, cues = tiny
+    return T.train(None, manifest, cues, out, overrides=FAST + list(overrides), **kw)
+
+
+def _snapshot(run: Path) -> dict:
+    """Every file of a run directory and its bytes."""
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "done"
+    _train(tiny, run, "train.checkpoint_period=1", max_iter=2)
+    return run
+
+
+def test_run_json_records_config_hash_and_categories(finished, tiny):
+    rec = json.loads((finished / "run.json").read_text())
+    import yaml
+
+    assert rec["config_sha1"] == config_hash(yaml.safe_load((finished / "config.yaml").read_text()))
+    manifest = json.loads(Path(tiny[0]).read_text())
+    assert rec["categories"] == [{"id": c["id"], "name": c["name"]} for c in manifest["categories"]]
+
+
+def test_train_into_a_finished_run_without_resume_is_refused(tiny, finished):
+    before = _snapshot(finished)
+    with pytest.raises(ConfigError, match="already holds a run.*--resume.*new --out"):
+        _train(tiny, finished, "train.checkpoint_period=1", max_iter=2)   # the very same command
+    with pytest.raises(ConfigError, match="already holds a run"):
+        _train(tiny, finished, "solver.base_lr=0.5", max_iter=3)          # a typo'd --out
+    assert _snapshot(finished) == before                                   # nothing touched
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(tiny, finished):
+    before = _snapshot(finished)
+    with pytest.raises(ConfigError) as e:
+        _train(tiny, finished, "train.checkpoint_period=1", "solver.base_lr=0.5", max_iter=3,
+               resume=True)
+    msg = str(e.value)
+    assert "another config" in msg and "solver.base_lr" in msg and "0.5" in msg
+    assert _snapshot(finished) == before
+
+
+def test_run_made_before_run_json_is_judged_by_its_config_yaml(tiny, tmp_path):
+    run = tmp_path / "legacy"
+    _train(tiny, run, max_iter=1)
+    (run / "run.json").unlink()
+    with pytest.raises(ConfigError, match="solver.base_lr"):
+        _train(tiny, run, "solver.base_lr=0.5", max_iter=2, resume=True)
+
+
+def test_resume_with_same_config_extends_the_run(tiny, tmp_path):
+    run = tmp_path / "ext"
+    _train(tiny, run, max_iter=1)
+    rec = (run / "run.json").read_bytes()
+    # a longer max_iter and another worker count are outside the hash: the same run goes on
+    _train(tiny, run, "train.num_workers=1", max_iter=2, resume=True)
+    assert (run / "checkpoints/model_0000002.pth").is_file()
+    assert (run / "run.json").read_bytes() == rec
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [1, 2]
+
+
+def test_an_empty_or_new_directory_is_a_new_run(tiny, tmp_path):
+    (tmp_path / "empty" / "logs").mkdir(parents=True)     # Snakemake makes logs/ first
+    _train(tiny, tmp_path / "empty", max_iter=1)
+    assert (tmp_path / "empty" / "run.json").is_file()
