@@ -11,7 +11,11 @@ rule pretrain:
         args=pretrain_args,
     log:
         f"{RUNS}/{{run}}/logs/pretrain.log",
-    threads: 2  # torch intra-op threads of one CPU process
+    threads: 4 if GPU_JOB else 2  # torch intra-op threads of one CPU process / data loading
+    resources:
+        mem_mb=8000,
+        runtime=240,  # minutes
+        gpu=GPU_JOB,
     shell:
         "{params.python} cli.py pretrain-backbone --manifest {input.manifest} "
         "--val-manifest {input.val} {params.args} --out {output} 2> {log}"
