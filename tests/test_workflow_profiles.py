@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,6 +80,9 @@ def test_slurm_profile_dry_run_gives_each_job_its_resources(tmp_path):
     assert jobs["seeds"]["threads"] == 1 and jobs["proposals"]["threads"] == 1
     assert "-m torch.distributed.run --standalone --nproc_per_node=2 cli.py train" in \
         jobs["train"]["shell"]
+    # jobs that hold a GPU run on it (the demo config says train.device: cpu)
+    assert "'train.device=cuda'" in jobs["train"]["shell"]
+    assert "--device cuda" in jobs["pretrain"]["shell"] and "--device cuda" in jobs["eval"]["shell"]
 
 
 def test_local_gpu_profile_dry_runs_and_caps_gpus(tmp_path):
@@ -91,12 +95,27 @@ def test_local_gpu_profile_dry_runs_and_caps_gpus(tmp_path):
     assert "torch.distributed.run" not in jobs["train"]["shell"]
     assert re.search(r"python[0-9.]* cli\.py train ", jobs["train"]["shell"])
     # more GPUs than the profile says the machine has: one clear error, not a silently shrunk job
+    r = _dry_run(tmp_path, 0, "--profile", local)  # the CPU demo: no GPU asked, none used
+    jobs = _jobs(r.stdout + r.stderr)
+    assert r.returncode == 0 and all(int(j["resources"].get("gpu", 0)) == 0 for j in jobs.values())
+    assert "cuda" not in jobs["train"]["shell"] + jobs["pretrain"]["shell"] + jobs["eval"]["shell"]
     r = _dry_run(tmp_path, 2, "--profile", local)
     assert r.returncode != 0
     assert "train.gpus is 2 but this machine offers gpu=1" in r.stdout + r.stderr
     r = _dry_run(tmp_path, 2, "--profile", local, "--resources", "gpu=2")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "--nproc_per_node=2" in _jobs(r.stdout + r.stderr)["train"]["shell"]
+
+
+def test_pretrain_on_a_missing_gpu_is_one_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    from pdsl.errors import ConfigError
+    from pdsl.pretrain import pretrain_backbone
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--device cuda but torch sees no CUDA device"):
+        pretrain_backbone(tmp_path / "none.json", tmp_path / "b.pth", device="cuda")
 
 
 def test_negative_gpus_is_refused_by_the_schema(tmp_path):

@@ -41,6 +41,8 @@ def train_overrides(wildcards):
     overrides = list(config["train"].get("overrides", []))
     if "pretrain" in config:
         overrides.append(f"model.pretrained={RUNS}/{wildcards.run}/backbone.pth")
+    if TRAIN_GPUS:
+        overrides.append("train.device=cuda")  # the job holds GPUs: never fall back to the CPU
     return " ".join(f"'{o}'" for o in overrides)
 
 
@@ -59,12 +61,13 @@ def train_inputs(wildcards):
 
 def pretrain_args(wildcards):
     p = config["pretrain"]
-    return " ".join(f"--{k} {v}" for k, v in p.items())
+    return " ".join([f"--{k} {v}" for k, v in p.items()] + (["--device cuda"] if GPU_JOB else []))
 
 
 def eval_args(wildcards):
     e = config["eval"]
-    return " ".join((["--tta"] if e.get("tta") else []) + [f"--curve {e.get('curve_images', 0)}"])
+    return " ".join((["--tta"] if e.get("tta") else []) + [f"--curve {e.get('curve_images', 0)}"]
+                    + (["--device cuda"] if GPU_JOB else []))
 
 
 def all_cues():
