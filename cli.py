@@ -259,7 +259,10 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
 @click.option("--size", type=click.IntRange(32), default=160, show_default=True,
               help="Images are resized to SIZE x SIZE.")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="AdamW, one-cycle.")
-def pretrain_backbone_cmd(manifest, val_manifest, out, backbone, epochs, size, lr):
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu",
+              show_default=True, help="Where the classifier trains (the workflow passes cuda "
+              "when train.gpus > 0).")
+def pretrain_backbone_cmd(manifest, val_manifest, out, backbone, epochs, size, lr, device):
     """Initialise a backbone as an image-level classifier on the SAME labels PDSL trains on.
 
     The stand-in for the paper's ImageNet initialisation where none exists (the synthetic
@@ -272,7 +275,7 @@ def pretrain_backbone_cmd(manifest, val_manifest, out, backbone, epochs, size, l
     from pdsl.pretrain import pretrain_backbone
 
     pretrain_backbone(manifest, out, backbone=backbone, epochs=epochs, size=size, lr=lr,
-                      val_manifest=val_manifest)
+                      val_manifest=val_manifest, device=device)
 
 
 @cli.command("eval")

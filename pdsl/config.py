@@ -32,7 +32,20 @@ CHOICES = {
     "cues.reproject": ("warp", "cut"),
     "cues.seed_source": ("bank", "mcg"),
     "train.device": ("auto", "cpu", "cuda"),
+    "solver.amp": ("off", "fp16", "bf16"),
 }
+
+
+def _amp_word(value):
+    """``solver.amp``: the words off | fp16 | bf16; the booleans of older configs mean
+    ``true`` = fp16, ``false`` = off (YAML also reads a bare ``off`` as false)."""
+    if isinstance(value, bool):
+        return "fp16" if value else "off"
+    return value
+
+
+# Keys whose value is rewritten before type checking (backward compatibility).
+NORMALIZE = {"solver.amp": _amp_word}
 
 
 class Config(dict):
@@ -144,6 +157,8 @@ def _merge(base: Config, update: dict, where: str, prefix: str = "") -> None:
                                   f"{_type_name(v)} {v!r}")
             _merge(base[k], v, where, key + ".")
         else:
+            if key in NORMALIZE:
+                v = NORMALIZE[key](v)
             base[k] = _coerce(key, base[k], v, where)
 
 

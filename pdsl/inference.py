@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .amp import autocast, effective_amp
 from .cues.seeds import paste_mask
 from .data import flip_boxes, inference_view, normalize_image
 
@@ -29,6 +30,7 @@ class TestParams:
     max_proposals: int = 2000
     pixel_mean: tuple = (0.485, 0.456, 0.406)
     pixel_std: tuple = (0.229, 0.224, 0.225)
+    amp: str = "off"  # solver.amp of the run: off | fp16 | bf16 (pdsl/amp.py)
 
     @classmethod
     def from_config(cls, cfg, tta: bool):
@@ -36,7 +38,7 @@ class TestParams:
         scales = tuple(i.test_scales) if tta else (int(i.test_scales[len(i.test_scales) // 2]),)
         return cls(scales=scales, flip=bool(i.test_flip) and tta, max_size=i.max_size,
                    max_proposals=i.max_proposals, pixel_mean=tuple(i.pixel_mean),
-                   pixel_std=tuple(i.pixel_std))
+                   pixel_std=tuple(i.pixel_std), amp=cfg.solver.amp)
 
 
 def _passes(p: TestParams):
@@ -59,6 +61,7 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
 
     was_training = model.training
     model.eval()
+    amp = effective_amp(p.amp, device)  # fp16 runs in float32 on a CPU
     H, W = image_bgr.shape[:2]
     order = np.argsort(-proposal_scores, kind="stable")[:p.max_proposals]
     props = np.asarray(proposals, np.float32)[order]
@@ -68,9 +71,10 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
         img, b, sx, sy = inference_view(image_bgr, props, scale, p.max_size, flip)
         nh, nw = img.shape[:2]
         x = torch.from_numpy(normalize_image(img, p.pixel_mean, p.pixel_std))[None].to(device)
-        feats = model.backbone(x)
-        det = model.detect(feats, [torch.from_numpy(b).to(device)],
-                           [torch.from_numpy(pscores).to(device)], image_size=(nh, nw))[0]
+        with autocast(amp, device):
+            feats = model.backbone(x)
+            det = model.detect(feats, [torch.from_numpy(b).to(device)],
+                               [torch.from_numpy(pscores).to(device)], image_size=(nh, nw))[0]
         boxes = det["boxes"].float().cpu().numpy()  # [P, C, 4], this pass's frame
         if flip:
             boxes = flip_boxes(boxes.reshape(-1, 4), nw).reshape(boxes.shape)
@@ -91,7 +95,8 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
     out = {"boxes": cb.numpy()[keep].reshape(-1, 4), "scores": cs.numpy()[keep],
            "labels": cl.numpy()[keep], "class_scores": scores.max(0) if P else np.zeros(C)}
     if with_masks:
-        out["masks"] = _masks(model, out["boxes"], out["labels"], kept, H, W, device)
+        with autocast(amp, device):
+            out["masks"] = _masks(model, out["boxes"], out["labels"], kept, H, W, device)
     if was_training:
         model.train()
     return out

@@ -93,7 +93,7 @@ def wsddn_mil_loss(image_scores: Tensor, labels: Tensor, eps: float = 1e-6) -> T
     _check(image_scores.dim() == 1 and image_scores.shape == labels.shape,
            f"wsddn_mil_loss: image_scores [C] and labels [C] expected, got "
            f"{tuple(image_scores.shape)} and {tuple(labels.shape)}")
-    y = image_scores.clamp(eps, 1.0 - eps)
+    y = image_scores.float().clamp(eps, 1.0 - eps)  # float32: 1 - 1e-6 is 1.0 in bf16/fp16
     t = labels.to(y.dtype)
     return -(t * torch.log(y) + (1 - t) * torch.log(1 - y)).sum()
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
 from .io import atomic_path, read_image
 from .manifest import load_manifest
 
@@ -37,16 +38,22 @@ def _load(manifest, size: int):
 def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 8,
                       batch_size: int = 32, lr: float = 3e-3, size: int = 160,
                       val_manifest=None, seed: int = 0, threads: int = 2,
-                      pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225)) -> dict:
+                      pixel_mean=(0.485, 0.456, 0.406), pixel_std=(0.229, 0.224, 0.225),
+                      device: str = "cpu") -> dict:
     """Train ``backbone`` + global max pool + linear on the manifest's image-level labels and
     save the backbone's state dict to ``out`` (atomically). Returns per-epoch val mAP if
-    ``val_manifest`` is given."""
+    ``val_manifest`` is given. ``device``: cpu | cuda | auto (the images stay in CPU memory,
+    batches move)."""
     import click
 
     from .evaluation import image_level_map
     from .model.backbone import build_backbone
 
     torch.set_num_threads(threads)
+    device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                          else "cpu" if device == "auto" else device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("pretrain-backbone: --device cuda but torch sees no CUDA device")
     torch.manual_seed(seed)
     manifest = load_manifest(manifest_path)
     xtr, ytr = _load(manifest, size)
@@ -54,17 +61,18 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
     xva, yva = _load(val, size) if val else (None, None)
     net = build_backbone(backbone, None, frozen_bn=False)
     head = torch.nn.Linear(net.out_channels, manifest.num_classes)
+    net, head = net.to(device), head.to(device)
     params = list(net.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     steps = max(1, len(xtr) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps,
                                                 pct_start=0.15)
-    mean = torch.tensor(pixel_mean).view(1, 3, 1, 1)
-    std = torch.tensor(pixel_std).view(1, 3, 1, 1)
+    mean = torch.tensor(pixel_mean, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(pixel_std, device=device).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(seed)
 
     def prep(x):
-        return (x.float() / 255.0 - mean) / std
+        return (x.to(device).float() / 255.0 - mean) / std
 
     def scores(x):
         net.eval()
@@ -72,7 +80,7 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
             out = [torch.sigmoid(head(net(prep(x[i:i + 64])).amax((2, 3))))
                    for i in range(0, len(x), 64)]
         net.train()
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     history = []
     t0 = time.perf_counter()
@@ -81,8 +89,8 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
         tot = 0.0
         for s in range(steps):
             idx = perm[s * batch_size:(s + 1) * batch_size]
-            xb, yb = prep(xtr[idx]), ytr[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb, yb = prep(xtr[idx]), ytr[idx].to(device)
+            flip = (torch.rand(len(idx), generator=gen) < 0.5).to(device)
             xb[flip] = xb[flip].flip(-1)
             loss = F.binary_cross_entropy_with_logits(head(net(xb).amax((2, 3))), yb)
             opt.zero_grad(set_to_none=True)
@@ -99,7 +107,7 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
                    + f" ({row['seconds']:.0f} s)", err=True)
     out = Path(out)
     with atomic_path(out) as tmp:
-        torch.save({"model": net.state_dict(), "backbone": backbone,
+        torch.save({"model": {k: v.cpu() for k, v in net.state_dict().items()}, "backbone": backbone,
                     "class_names": manifest.class_names, "history": history}, tmp)
     print(f"pretrain-backbone: wrote {out}", file=sys.stderr)
     return {"out": str(out), "history": history}

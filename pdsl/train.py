@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .amp import autocast, effective_amp, grad_scaler
 from .config import dump_config, load_config, save_config, to_dict
 from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log,
                    single_threaded_opencv, worker_init)
@@ -187,7 +188,7 @@ class StepContext:
     def __init__(self, cfg, device, accum, rank, world, online=None):
         self.cfg, self.device, self.accum, self.rank, self.world = cfg, device, accum, rank, world
         self.seed = cfg.train.seed
-        self.amp = bool(cfg.solver.amp) and device.type == "cuda"
+        self.amp = effective_amp(cfg.solver.amp, device)  # off | fp16 | bf16 (pdsl/amp.py)
         self.online = online  # OnlineGrabCut pool in online cue mode, else None
 
 
@@ -215,7 +216,7 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
         torch.manual_seed(step_seed(ctx.seed, step, k * ctx.world + ctx.rank))  # dropout etc.
         sync = ctx.world == 1 or k == ctx.accum - 1  # DDP all-reduces on the last pass only
         with (contextlib.nullcontext() if sync else model.no_sync()):
-            with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=ctx.amp):
+            with autocast(ctx.amp, ctx.device):
                 losses = model(images, proposals, scores, targets)
             total = sum(losses.values())
             scaler.scale(total / ctx.accum).backward()
@@ -327,7 +328,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
     model.train()
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(s.amp) and device.type == "cuda")
+    scaler = grad_scaler(effective_amp(s.amp, device), device)  # loss scaling for fp16 only
 
     start = 0
     ckpt_path = last_checkpoint(out_dir) if resume else None
@@ -364,7 +365,8 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
         log(f"train: resolved config\n{dump_config(cfg)}")
         save_config(cfg, out_dir / "config.yaml")
         log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
-            f"pass(es) = {s.images_per_step} images per step, device {device}")
+            f"pass(es) = {s.images_per_step} images per step, device {device}, AMP "
+            f"{effective_amp(s.amp, device)}")
     if start >= s.max_iter:
         if main:
             log(f"train: step {start} >= solver.max_iter {s.max_iter}: nothing to do")

@@ -8,6 +8,18 @@ DATASET = config["dataset"]
 RUNS = config.get("runs_dir", "runs")
 SHARDS = [f"{i + 1}-of-{config['shards']}" for i in range(config["shards"])]
 
+# GPUs of the train job (workflow config `train.gpus`; 0 = CPU). pretrain and eval use one GPU
+# when training uses any. Rules request them as the `gpu` resource (what
+# snakemake-executor-plugin-slurm turns into --gpus, and what `--resources gpu=N` caps locally).
+TRAIN_GPUS = int(config.get("train", {}).get("gpus", 0))
+GPU_JOB = min(TRAIN_GPUS, 1)
+_gpu_cap = getattr(workflow, "global_resources", {}).get("gpu")  # `--resources gpu=N`, if given
+_gpu_cap = getattr(_gpu_cap, "value", _gpu_cap)
+if _gpu_cap is not None and TRAIN_GPUS > int(_gpu_cap):
+    # Snakemake would shrink the job's `gpu` to N and torchrun would still start G processes
+    raise ValueError(f"train.gpus is {TRAIN_GPUS} but this machine offers gpu={_gpu_cap} "
+                     f"(--resources / the profile's resources): lower train.gpus or raise gpu")
+
 
 wildcard_constraints:
     dataset=r"[A-Za-z0-9_.-]+",
@@ -38,7 +50,17 @@ def train_overrides(wildcards):
     overrides = list(config["train"].get("overrides", []))
     if section("pretrain"):
         overrides.append(f"model.pretrained={RUNS}/{wildcards.run}/backbone.pth")
+    if TRAIN_GPUS:
+        overrides.append("train.device=cuda")  # the job holds GPUs: never fall back to the CPU
     return " ".join(f"'{o}'" for o in overrides)
+
+
+def train_launcher():
+    """The interpreter, or torchrun with one DDP process per GPU when train.gpus > 1 (the
+    trainer joins the process group torchrun sets up, see pdsl/train.py)."""
+    if TRAIN_GPUS > 1:
+        return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node={TRAIN_GPUS}"
+    return PYTHON
 
 
 def train_inputs(wildcards):
@@ -57,12 +79,13 @@ def pretrain_val_arg(wildcards, input):
 
 def pretrain_args(wildcards):
     p = config["pretrain"]
-    return " ".join(f"--{k} {v}" for k, v in p.items())
+    return " ".join([f"--{k} {v}" for k, v in p.items()] + (["--device cuda"] if GPU_JOB else []))
 
 
 def eval_args(wildcards):
     e = config["eval"]
-    return " ".join((["--tta"] if e.get("tta") else []) + [f"--curve {e.get('curve_images', 0)}"])
+    return " ".join((["--tta"] if e.get("tta") else []) + [f"--curve {e.get('curve_images', 0)}"]
+                    + (["--device cuda"] if GPU_JOB else []))
 
 
 def all_cues():

@@ -15,7 +15,11 @@ rule eval:
         args=eval_args,
     log:
         f"{RUNS}/{{run}}/logs/eval-{{split}}.log",
-    threads: 2  # torch intra-op threads of one inference process
+    threads: 4 if GPU_JOB else 2  # torch intra-op threads of one inference process
+    resources:
+        mem_mb=16000,  # predictions are kept per image until COCOeval
+        runtime=480,  # minutes; COCO val with TTA at ~0.5 s/image, plus the AP curve
+        gpu=GPU_JOB,
     shell:
         "{params.python} cli.py eval --run {params.run_dir} --manifest {input.manifest} "
         "--cues {input.cues} --out {params.out_dir} {params.args} > {log} 2>&1"

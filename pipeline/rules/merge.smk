@@ -9,5 +9,8 @@ rule merge:
     log:
         f"{DATA}/cues/{{dataset}}/{{split}}/logs/merge.log",
     threads: 1  # sequential copy
+    resources:
+        mem_mb=4000,  # one shard's datasets at a time
+        runtime=60,  # minutes; a copy of the shards
     shell:
         "{params.python} cli.py merge-cues {input} --out {output} 2> {log}"

@@ -12,7 +12,11 @@ rule pretrain:
         val=pretrain_val_arg,
     log:
         f"{RUNS}/{{run}}/logs/pretrain.log",
-    threads: 2  # torch intra-op threads of one CPU process
+    threads: 4 if GPU_JOB else 2  # torch intra-op threads of one CPU process / data loading
+    resources:
+        mem_mb=8000,
+        runtime=240,  # minutes
+        gpu=GPU_JOB,
     shell:
         "{params.python} cli.py pretrain-backbone --manifest {input.manifest} "
         "{params.val} {params.args} --out {output} 2> {log}"

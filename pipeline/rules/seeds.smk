@@ -13,6 +13,9 @@ rule seeds:
     benchmark:
         f"{DATA}/cues/{{dataset}}/{{split}}/benchmarks/seeds-{{shard}}.tsv"
     threads: 1  # cv2.grabCut is single-threaded; parallelism is across shards
+    resources:
+        mem_mb=2000,  # one image and its bank at a time
+        runtime=240,  # minutes per shard: ~1.5 core-s/image at 2,000 proposals (README)
     shell:
         "{params.python} cli.py seeds-shard --manifest {input.manifest} --proposals-file {input.proposals} "
         "{params.args} --out {output} 2> {log}"
