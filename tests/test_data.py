@@ -127,9 +127,13 @@ def test_flip_mirrors_image_boxes_and_bank_masks(tiny):
         assert (pasted_f != pasted_u[:, ::-1]).mean() < 0.002
 
 
-def test_crop_keeps_proposal_to_bank_mapping(tiny):
+@pytest.mark.parametrize("reproject", ["cut", "warp"])
+def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
+    """cut: a proposal's bank row is its representative's box and mask; warp: the representative's
+    mask in the proposal's own (unclipped) box. Both through crop, rescale and flip."""
     manifest, cues = tiny
-    ds = _dataset(tiny, "input.crop=0.5", "input.min_proposal_size=3.0", "input.flip=true")
+    ds = _dataset(tiny, "input.crop=0.5", "input.min_proposal_size=3.0", "input.flip=true",
+                  f"cues.reproject={reproject}")
     store = CueStore(cues)
     dropped = 0
     for step in range(6):
@@ -145,7 +149,9 @@ def test_crop_keeps_proposal_to_bank_mapping(tiny):
         expect[:, 0::2] = expect[:, 0::2].clip(0, x1 - x0)
         expect[:, 1::2] = expect[:, 1::2].clip(0, y1 - y0)
         expect *= scale
-        bank = (c.bank_boxes[c.bank_row[s["proposal_index"]]] - off) * scale
+        frame = c.bank_boxes[c.bank_row[s["proposal_index"]]] if reproject == "cut" else \
+            c.boxes[s["proposal_index"]]
+        bank = (frame - off) * scale
         masks = c.bank_masks[c.bank_row[s["proposal_index"]]]
         if s["flipped"]:
             expect, bank, masks = flip_boxes(expect, W), flip_boxes(bank, W), masks[:, :, ::-1]
@@ -155,7 +161,56 @@ def test_crop_keeps_proposal_to_bank_mapping(tiny):
         wh = s["proposals"][:, 2:] - s["proposals"][:, :2]
         assert (wh >= 3.0 - 1e-4).all()
         dropped += len(c.boxes) - len(s["proposals"])
+        if reproject == "warp":  # one bank row per proposal
+            assert (s["proposal_to_bank"] == np.arange(len(s["proposals"]))).all()
     assert dropped > 0  # the crop really removed proposals
+
+
+def test_mcg_seed_source_uses_each_proposals_own_segment(tmp_path):
+    """cues.seed_source=mcg: every proposal's target frame is its own box and its mask its own MCG
+    segment (flipped with the image); an empty segment is not a valid target; a cache without
+    segments is refused."""
+    manifest, cues = make_tiny_set(tmp_path / "plain", num_images=3, unlabelled=0)
+    with pytest.raises(CacheError, match="no MCG segments"):
+        TrainDataset(load_manifest(manifest), CueStore(cues), _cfg("cues.seed_source=mcg"))
+    store = CueStore(cues)
+    rng = np.random.default_rng(1)
+    seg_cues = tmp_path / "seg.h5"
+    segs = {}
+    meta = {k: store.meta(k) for k in ("dataset", "split", "num_classes", "class_names")}
+    with CueWriter(seg_cues, meta, kind="cues", mask_size=M) as w:
+        for iid in store.ids:
+            c = store.get(int(iid))
+            seg = (rng.random((len(c.boxes), M, M)) > 0.5).astype(np.uint8) * 255
+            seg[0] = 0  # the top proposal's segment is empty
+            segs[int(iid)] = seg
+            w.add(c.image_id, c.height, c.width, c.file_sha1, c.boxes, c.scores, segments=seg,
+                  bank_row=c.bank_row, coverage=c.coverage, bank_boxes=c.bank_boxes,
+                  bank_masks=c.bank_masks, bank_status=c.bank_status)
+    ds = TrainDataset(load_manifest(manifest), CueStore(seg_cues),
+                      _cfg("cues.seed_source=mcg", "input.flip=true"))
+    flipped = 0
+    for step in range(4):
+        s = ds[(0, step, 0)]
+        idx = s["proposal_index"]
+        want = segs[s["image_id"]][idx]
+        if s["flipped"]:
+            want = want[:, :, ::-1]
+            flipped += 1
+        np.testing.assert_array_equal(s["bank_masks"][s["proposal_to_bank"]], want)
+        np.testing.assert_allclose(s["bank_boxes"][s["proposal_to_bank"]],
+                                   _expected_own_boxes(s, CueStore(seg_cues)), atol=1e-3)
+        assert s["bank_valid"][s["proposal_to_bank"]].tolist() == [bool(i != 0) for i in idx]
+    assert 0 < flipped < 4
+
+
+def _expected_own_boxes(s, store):
+    c = store.get(s["image_id"])
+    x0, y0 = s["crop"][:2]
+    sx, sy = s["scale"]
+    b = (c.boxes[s["proposal_index"]] - np.array([x0, y0, x0, y0], np.float32)) * \
+        np.array([sx, sy, sx, sy], np.float32)
+    return flip_boxes(b, s["image"].shape[2]) if s["flipped"] else b
 
 
 def test_degenerate_masks_ignored_or_kept(tiny):

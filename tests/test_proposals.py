@@ -264,3 +264,32 @@ def test_builtin_is_deterministic():
     b = src.get(meta, "x.png", image=img)
     np.testing.assert_array_equal(a["boxes"], b["boxes"])
     np.testing.assert_array_equal(a["scores"], b["scores"])
+
+
+def test_builtin_variants_only_on_downscaled_images():
+    """Rescaled copies of the region boxes (and denser windows) fill the list up to
+    max_proposals, at the lowest ranks, only where selective search ran on a downscaled image."""
+    im, gt = _synthetic()
+    plain_a, _ = generate(im, max_side=500, variants=False)
+    plain_b, _ = generate(im, max_side=500, variants=True)
+    np.testing.assert_array_equal(plain_a, plain_b)  # 128 px < max_side: nothing added
+    big = cv2.resize(im, (512, 384), interpolation=cv2.INTER_NEAREST)
+    base, _ = generate(big, max_side=128, variants=False, max_proposals=600)
+    more, scores = generate(big, max_side=128, variants=True, max_proposals=600)
+    assert len(base) < len(more) <= 600 and np.all(np.diff(scores) < 0)
+    np.testing.assert_array_equal(more[:len(base)], base)  # the originals keep their ranks
+    extra = more[len(base):]
+    assert (extra[:, :2] >= 0).all() and (extra[:, 2] <= 512).all() and (extra[:, 3] <= 384).all()
+    # every extra box is a small window or shares its centre with a region box (clipping aside)
+    from pdsl.proposals.builtin import SMALL_WINDOW_SCALES
+
+    wins = sliding_windows(384, 512, scales=SMALL_WINDOW_SCALES)
+    is_win = np.abs(extra[:, None, :] - wins[None]).max(-1).min(1) < 1e-6
+    centres = (base[:, :2] + base[:, 2:]) / 2
+    inside = (extra[:, 0] > 0) & (extra[:, 1] > 0) & (extra[:, 2] < 512) & (extra[:, 3] < 384)
+    c = (extra[:, :2] + extra[:, 2:]) / 2
+    centred = np.abs(c[:, None, :] - centres[None]).max(-1).min(1) < 1e-6
+    assert is_win.any() and centred.any()
+    assert (is_win | centred | ~inside).all()
+    again, _ = generate(big, max_side=128, variants=True, max_proposals=600)
+    np.testing.assert_array_equal(again, more)  # deterministic

@@ -121,3 +121,35 @@ def test_pretrain_on_a_missing_gpu_is_one_clear_error(tmp_path, monkeypatch):
 def test_negative_gpus_is_refused_by_the_schema(tmp_path):
     r = _dry_run(tmp_path, -1, "--cores", "1")
     assert r.returncode != 0 and "gpus" in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("name,dataset,splits,shards,train_split", [
+    ("voc2012", "voc2012", ("train_aug", "val"), 64, "train_aug"),
+    ("coco2017", "coco2017", ("train2017", "val2017"), 512, "train2017")])
+def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, shards, train_split):
+    """The shipped VOC 2012 and COCO 2017 workflow configs parse, validate and plan every stage:
+    MCG proposals, the real-photo seed settings, no demo pretraining, 4-GPU torchrun training."""
+    src = yaml.safe_load((REPO / "pipeline" / "configs" / f"workflow-{name}.yaml").read_text())
+    assert src["seeds"]["method"] == "grabcut" and src["proposals"].startswith("mcg:")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({**src, "data_dir": str(tmp_path / "data"),
+                                   "runs_dir": str(tmp_path / "runs")}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile",
+                        str(REPO / "pipeline" / "configs" / f"workflow-{name}.yaml"),
+                        "--configfile", str(cfg), "--executor", "dryrun", "--cores", "64", "-p",
+                        "--resources", "gpu=4"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert int(counts["proposals"]) == int(counts["seeds"]) == shards * len(splits)
+    assert int(counts["prepare"]) == len(splits) and counts["train"] == "1"
+    assert "pretrain" not in counts
+    jobs = _jobs(out)
+    assert f"--split {train_split}" in jobs["prepare"]["shell"] or \
+        f"--split {splits[1]}" in jobs["prepare"]["shell"]
+    assert "--format " + src["prepare"]["format"] in jobs["prepare"]["shell"]
+    assert "--method grabcut" in jobs["seeds"]["shell"] and "--max-bank 120" in jobs["seeds"]["shell"]
+    assert f"--proposals '{src['proposals']}'" in jobs["proposals"]["shell"]
+    assert "--nproc_per_node=4 cli.py train" in jobs["train"]["shell"]
+    assert f"data/{dataset}/{train_split}.json" in jobs["train"]["shell"].replace(str(tmp_path) + "/", "")
