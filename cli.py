@@ -64,14 +64,14 @@ _seed_options = [
     click.option("--crop-size", type=click.IntRange(16), default=None,
                  help="Long side (px) of the box crop GrabCut runs on. Default 64."),
     click.option("--iterations", type=click.IntRange(1), default=None,
-                 help="GrabCut iterations. Default 2 (the authors use 5 on whole images)."),
+                 help="GrabCut iterations. Default 1 (the authors use 5 on whole images)."),
     click.option("--core", type=click.FloatRange(0.0, 1.0), default=None,
                  help="grabcut: sure-foreground core, as a fraction of the inscribed ellipse's "
                  "axes. Default 0.7."),
     click.option("--cluster-iou", type=click.FloatRange(0.3, 1.0), default=None,
                  help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
-                 help="At most this many seed masks per image. Default 120."),
+                 help="At most this many seed masks per image. Default 160."),
 ]
 
 
