@@ -165,3 +165,59 @@ def test_snakemake_end_to_end_resumes_one_shard(tmp_path):
                   if len(line.split()) == 2 and line.split()[1].isdigit())
     assert counts.get("seeds") == "1" and counts.get("merge") == "1", text
     assert "proposals" not in counts and "prepare" not in counts, text
+
+
+def _mcg_fixture(manifest_path, out_dir):
+    """MCG '-proposals' files for a manifest: superpixels = one per GT instance plus the
+    background; proposals = each instance's segment, then the whole image (boxes from segments)."""
+    import scipy.io
+
+    from pdsl.cues.report import gt_instances
+
+    m = load_manifest(manifest_path)
+    out_dir.mkdir()
+    for img in m.images:
+        _, masks, _ = gt_instances(m, img)
+        H, W = int(img["height"]), int(img["width"])
+        sp = np.full((H, W), len(masks) + 1, np.float64)
+        for k, g in enumerate(masks):
+            sp[g] = k + 1
+        labels = np.empty((len(masks) + 1, 1), dtype=object)
+        for k in range(len(masks)):
+            labels[k, 0] = np.array([[k + 1]], float)
+        labels[len(masks), 0] = np.arange(1, len(masks) + 2, dtype=float).reshape(1, -1)
+        scores = np.linspace(1, 0.5, len(masks) + 1).reshape(-1, 1)
+        scipy.io.savemat(out_dir / (Path(img["file_name"]).stem + ".mat"),
+                         {"scores": scores, "superpixels": sp, "labels": labels})
+    return m
+
+
+@pytest.mark.parametrize("method", ["mcg", "mcg_grabcut"])
+def test_mcg_segments_as_seed_masks(tiny, tmp_path, method):
+    """seeds.method mcg / mcg_grabcut read the MCG segments the import stores: with segments that
+    are the GT masks, the cached mask of every GT instance's proposal is its GT mask (mcg), or
+    inside it (mcg_grabcut); cue-report adds both MCG rows; without segments: one clear error."""
+    m = _mcg_fixture(tiny / "val.json", tmp_path / "mcg")
+    out = tmp_path / "cues.h5"
+    params = SeedParams(method=method, max_bank=50, crop_size=32)
+    cache_cues(tiny / "val.json", f"mcg:{tmp_path / 'mcg'}", out, workers=1, shard_size=3,
+               params=params, log=lambda s: None)
+    assert CueStore(out).has_segments
+    rep = cue_report(tiny / "val.json", out, online=False)
+    t = rep["seed_masks"]["methods"]
+    assert rep["recall"]["iou_0.5"] == 1.0
+    # 0.9, not 1: a 28 x 28 box-frame mask of a small object loses its edges
+    assert t["mcg"]["matched"]["mean_iou"] > 0.9 and "gt" not in t["mcg"]  # proposals only
+    if method == "mcg":
+        assert t["cached"]["matched"]["mean_iou"] > 0.9
+    else:
+        assert 0.5 < t["cached"]["matched"]["mean_iou"] <= t["mcg"]["matched"]["mean_iou"] + 1e-6
+    assert t["mcg_grabcut"]["matched"]["empty"] == 0.0
+    with pytest.raises(CacheError, match="needs MCG segments"):
+        cache_cues(tiny / "val.json", "builtin", tmp_path / "b.h5", workers=1, shard_size=6,
+                   params=params, log=lambda s: None)
+    assert not (tmp_path / "b.h5").exists()
+    r = _cli("cache-cues", "--manifest", tiny / "val.json", "--proposals", "builtin",
+             "--seed-method", method, "--out", tmp_path / "c.h5")
+    assert r.returncode == 2 and "needs MCG segments" in r.stderr and "Traceback" not in r.stderr
+    assert m.images  # the fixture covered every image
