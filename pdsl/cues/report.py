@@ -83,8 +83,10 @@ def method_specs(params: SeedParams, has_segments: bool, online: bool) -> dict:
 def _summary(rows: list) -> dict:
     iou = np.array([r[0] for r in rows], np.float64)
     frac = np.array([r[1] for r in rows], np.float64)
+    big = np.array([r[4] for r in rows], bool)
     return {"n": int(len(iou)), "mean_iou": float(iou.mean()), "median_iou": float(np.median(iou)),
-            "empty": float((frac < 0.02).mean()), "full": float((frac > 0.98).mean())}
+            "empty": float((frac < 0.02).mean()), "full": float((frac > 0.98).mean()),
+            "mean_iou_box_ge_32px": float(iou[big].mean()) if big.any() else None}
 
 
 def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | None = None,
@@ -100,7 +102,8 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     rectangle GrabCut, MCG segments where the cache has them, and the authors' online GrabCut
     unless ``online`` is False) run on the box itself. For each: mean and median IoU with the GT
     mask, the fraction of empty (< 2 % of the box) and full (> 98 %) masks, ms per box, and the
-    mean IoU by COCO size (small < 32^2 < medium < 96^2 < large, GT mask area).
+    mean IoU by COCO size (small < 32^2 < medium < 96^2 < large, GT mask area) and over the
+    instances whose GT box has at least 32^2 px.
     """
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
@@ -141,6 +144,7 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         image = read_image(manifest.image_path(img), img["id"])
         for g, p in enumerate(best):
             area = int(gt_masks[g].sum())
+            big = float((gt_boxes[g, 2] - gt_boxes[g, 0]) * (gt_boxes[g, 3] - gt_boxes[g, 1])) >= 32 ** 2
             areas.append(area)
             b = c.bank_row[p]
             cut = _box_mask(c.boxes[p], H, W)
@@ -148,10 +152,10 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
             # proposal's own box (default); cut = pasted at the representative's box, cut to p's
             cached = paste_mask(c.bank_masks[b], c.boxes[p], H, W)
             rows["cached", "matched"].append((_iou(cached, gt_masks[g]), cached.sum() / max(cut.sum(), 1),
-                                              area, int(c.bank_status[b])))
+                                              area, int(c.bank_status[b]), big))
             cached = paste_mask(c.bank_masks[b], c.bank_boxes[b], H, W) & cut
             rows["cached_cut", "matched"].append((_iou(cached, gt_masks[g]),
-                                                  cached.sum() / max(cut.sum(), 1), area, 0))
+                                                  cached.sum() / max(cut.sum(), 1), area, 0, big))
             t = time.perf_counter()
             seed_mask(image, c.bank_boxes[b], params, _segment_for(c, p, params))
             seconds["cached"] += time.perf_counter() - t
@@ -167,7 +171,7 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
                     timed[name] += 1
                     pasted = paste_mask(m, box, H, W)
                     rows[name, on].append((_iou(pasted, gt_masks[g]), float((m >= 128).mean()),
-                                           area, 0))
+                                           area, 0, big))
     cov = np.concatenate(cov) if cov else np.zeros(0)
     status = np.concatenate(status) if status else np.zeros(0, np.uint8)
     rep["coverage"] = {"mean_iou": float(cov.mean()) if len(cov) else None,
@@ -233,14 +237,16 @@ def _segment_for(c, p: int, params: SeedParams, force: bool = False):
 def methods_table(rep: dict) -> str:
     """The seed-mask table of a report as Markdown: one row per method, matched proposal and GT box."""
     t = rep["seed_masks"]["methods"]
-    L = ["| seed mask | on | mean IoU | median | empty | full | ms/box | small | medium | large |",
-         "|---|---|---|---|---|---|---|---|---|---|"]
+    L = ["| seed mask | on | mean IoU | median | empty | full | ms/box | small | medium | large | "
+         "GT box ≥ 32² |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, v in t.items():
         for on, e in v.items():
             sz = [f"{e['by_size'][k]:.3f}" if k in e["by_size"] else "—" for k, _, _ in SIZES]
             L.append(f"| {e['label']} | {'matched proposal' if on == 'matched' else 'GT box'} | "
                      f"{e['mean_iou']:.3f} | {e['median_iou']:.3f} | {e['empty']:.1%} | "
-                     f"{e['full']:.1%} | {e['ms_per_box']:.1f} | " + " | ".join(sz) + " |")
+                     f"{e['full']:.1%} | {e['ms_per_box']:.1f} | " + " | ".join(sz) + " | " +
+                     (f"{e['mean_iou_box_ge_32px']:.3f}" if e["mean_iou_box_ge_32px"] is not None
+                      else "—") + " |")
     return "\n".join(L)
 
 
