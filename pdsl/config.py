@@ -29,7 +29,7 @@ CHOICES = {
     "cues.source": ("cache", "online"),
     "solver.optimizer": ("sgd", "adamw"),
     "cues.degenerate": ("ignore", "keep"),
-    "cues.reproject": ("warp", "cut"),
+    "cues.reproject": ("auto", "warp", "cut"),
     "cues.seed_source": ("bank", "mcg"),
     "train.device": ("auto", "cpu", "cuda"),
     "solver.amp": ("off", "fp16", "bf16"),

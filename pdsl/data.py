@@ -120,6 +120,7 @@ class TrainDataset(torch.utils.data.Dataset):
         self.online = cfg.cues.source == "online"
         self.degenerate = cfg.cues.degenerate
         self.reproject = cfg.cues.reproject
+        self.reproject_iou = float(cfg.cues.reproject_iou)
         self.seed_source = cfg.cues.seed_source
         if self.seed_source == "mcg" and not cues_store.has_segments:
             from .errors import CacheError
@@ -235,13 +236,15 @@ class TrainDataset(torch.utils.data.Dataset):
             bank_boxes, bank_masks = props[:1].copy(), np.zeros((1, M, M), np.uint8)
             valid, to_bank = np.zeros(1, bool), np.zeros(len(props), np.int64)
         else:
-            if self.reproject == "warp":
-                # each proposal takes its representative's box-frame mask in ITS OWN box
-                used, to_bank = rows, np.arange(len(rows))
-                frame = cues.boxes[prop_index]
-            else:  # "cut": the representative's mask stays at the representative's box
+            if self.reproject == "cut":  # the representative's mask stays at its own box
                 used, to_bank = np.unique(rows, return_inverse=True)
                 frame = cues.bank_boxes[used]
+            else:  # one row per proposal: its representative's box-frame mask in ITS OWN box
+                used, to_bank = rows, np.arange(len(rows))
+                frame = cues.boxes[prop_index].copy()
+                if self.reproject == "auto":  # ... unless the representative is a near-duplicate
+                    near = cues.coverage[prop_index] >= self.reproject_iou
+                    frame[near] = cues.bank_boxes[rows[near]]
             off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
             bank_boxes = (frame - off) * np.array([sx, sy, sx, sy], np.float32)
             bank_masks = cues.bank_masks[used]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from pdsl.boxes import box_iou
 from pdsl.config import load_config
 from pdsl.cues.seeds import paste_mask
 from pdsl.cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK, CueStore, CueWriter
@@ -60,9 +61,9 @@ def make_tiny_set(root, num_images=6, size=(64, 80), class_names=("a", "b", "c")
     meta = {"dataset": "tiny", "split": "train", "num_classes": C, "class_names": list(class_names)}
     with CueWriter(cues, meta, kind="cues", mask_size=M) as w:
         for (iid, h, wd, path, boxes, scores, row, bb, bm, st) in recs:
+            cov = box_iou(boxes, bb)[np.arange(len(boxes)), row].astype(np.float32)
             w.add(iid, h, wd, file_sha1(path), boxes, scores, bank_row=row,
-                  coverage=np.ones(len(boxes), np.float32), bank_boxes=bb, bank_masks=bm,
-                  bank_status=st)
+                  coverage=cov, bank_boxes=bb, bank_masks=bm, bank_status=st)
     return manifest, cues
 
 
@@ -127,13 +128,14 @@ def test_flip_mirrors_image_boxes_and_bank_masks(tiny):
         assert (pasted_f != pasted_u[:, ::-1]).mean() < 0.002
 
 
-@pytest.mark.parametrize("reproject", ["cut", "warp"])
+@pytest.mark.parametrize("reproject", ["cut", "warp", "auto"])
 def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
     """cut: a proposal's bank row is its representative's box and mask; warp: the representative's
-    mask in the proposal's own (unclipped) box. Both through crop, rescale and flip."""
+    mask in the proposal's own (unclipped) box; auto: cut where the proposal's coverage is at least
+    cues.reproject_iou, else warp. All through crop, rescale and flip."""
     manifest, cues = tiny
     ds = _dataset(tiny, "input.crop=0.5", "input.min_proposal_size=3.0", "input.flip=true",
-                  f"cues.reproject={reproject}")
+                  f"cues.reproject={reproject}", "cues.reproject_iou=0.5")
     store = CueStore(cues)
     dropped = 0
     for step in range(6):
@@ -150,7 +152,11 @@ def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
         expect[:, 1::2] = expect[:, 1::2].clip(0, y1 - y0)
         expect *= scale
         frame = c.bank_boxes[c.bank_row[s["proposal_index"]]] if reproject == "cut" else \
-            c.boxes[s["proposal_index"]]
+            c.boxes[s["proposal_index"]].copy()
+        if reproject == "auto":
+            near = c.coverage[s["proposal_index"]] >= 0.5
+            assert near.any() and not near.all()  # both cases occur
+            frame[near] = c.bank_boxes[c.bank_row[s["proposal_index"]][near]]
         bank = (frame - off) * scale
         masks = c.bank_masks[c.bank_row[s["proposal_index"]]]
         if s["flipped"]:
@@ -161,7 +167,7 @@ def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
         wh = s["proposals"][:, 2:] - s["proposals"][:, :2]
         assert (wh >= 3.0 - 1e-4).all()
         dropped += len(c.boxes) - len(s["proposals"])
-        if reproject == "warp":  # one bank row per proposal
+        if reproject != "cut":  # one bank row per proposal
             assert (s["proposal_to_bank"] == np.arange(len(s["proposals"]))).all()
     assert dropped > 0  # the crop really removed proposals
 

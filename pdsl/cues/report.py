@@ -68,7 +68,9 @@ def method_specs(params: SeedParams, has_segments: bool, online: bool) -> dict:
 
     specs = {"box": ("filled box", with_method("box")),
              "ellipse": ("inscribed ellipse", with_method("ellipse")),
-             "grabcut": ("GrabCut, sure-fg core (default)", with_method("grabcut")),
+             "grabcut": ("GrabCut: rectangle, sure-fg core where it degenerates (default)",
+                         with_method("grabcut")),
+             "grabcut_masked": ("GrabCut, sure-fg core only", with_method("grabcut_masked")),
              "grabcut_rect_v1": ("GrabCut, rectangle, 72-px crop, 3 it (earlier bank)",
                                  with_method(**V1_PARAMS))}
     if has_segments:
@@ -90,14 +92,15 @@ def _summary(rows: list) -> dict:
 
 
 def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | None = None,
-               methods: bool = True) -> dict:
+               methods: bool = True, reproject_iou: float = 0.6) -> dict:
     """Proposal recall, bank coverage, bank status and seed-mask quality vs GT, by method and size.
 
     For every non-crowd GT instance two boxes are scored: the proposal with the highest IoU to its
     GT box (*matched*: what training sees) and the GT box itself (*gt*: each method's own ceiling).
-    ``cached`` is the bank's mask of the matched proposal's representative placed in the
-    proposal's own box (the trainer's default re-projection, ``cues.reproject=warp``);
-    ``cached_cut`` pastes it at the representative's box and cuts it to the proposal's. The other
+    ``cached`` is the bank's mask of the matched proposal's representative as the trainer reads it
+    by default (``cues.reproject=auto``, ``reproject_iou``): pasted at the representative's box and
+    cut to the proposal's (``cached_cut``) where the two overlap with IoU >= ``reproject_iou``,
+    else placed in the proposal's own box (``cached_warp``). The other
     methods (:func:`method_specs`: filled box, inscribed ellipse, the default GrabCut, the earlier
     rectangle GrabCut, MCG segments where the cache has them, and the authors' online GrabCut
     unless ``online`` is False) run on the box itself. For each: mean and median IoU with the GT
@@ -122,7 +125,7 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     if not methods and online:
         specs = {k: v for k, v in method_specs(params, False, True).items() if k in ("online",)}
     cov, status, best_ious, areas = [], [], [], []
-    names = ["cached", "cached_cut", *specs]
+    names = ["cached", "cached_cut", "cached_warp", *specs]
     rows = {(name, on): [] for name in names for on in ("matched", "gt")}
     seconds = {name: 0.0 for name in names}
     timed = {name: 0 for name in names}
@@ -148,14 +151,15 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
             areas.append(area)
             b = c.bank_row[p]
             cut = _box_mask(c.boxes[p], H, W)
-            # the trainer's two ways (cues.reproject): warp = the representative's mask in the
-            # proposal's own box (default); cut = pasted at the representative's box, cut to p's
-            cached = paste_mask(c.bank_masks[b], c.boxes[p], H, W)
-            rows["cached", "matched"].append((_iou(cached, gt_masks[g]), cached.sum() / max(cut.sum(), 1),
+            # the trainer's ways (cues.reproject): cut = pasted at the representative's box, read
+            # in p's box; warp = the representative's mask in p's own box; auto (default) = cut
+            # where p's coverage >= reproject_iou, else warp
+            views = {"cached_cut": paste_mask(c.bank_masks[b], c.bank_boxes[b], H, W) & cut,
+                     "cached_warp": paste_mask(c.bank_masks[b], c.boxes[p], H, W)}
+            views["cached"] = views["cached_cut" if c.coverage[p] >= reproject_iou else "cached_warp"]
+            for name, view in views.items():
+                rows[name, "matched"].append((_iou(view, gt_masks[g]), view.sum() / max(cut.sum(), 1),
                                               area, int(c.bank_status[b]), big))
-            cached = paste_mask(c.bank_masks[b], c.bank_boxes[b], H, W) & cut
-            rows["cached_cut", "matched"].append((_iou(cached, gt_masks[g]),
-                                                  cached.sum() / max(cut.sum(), 1), area, 0, big))
             t = time.perf_counter()
             seed_mask(image, c.bank_boxes[b], params, _segment_for(c, p, params))
             seconds["cached"] += time.perf_counter() - t
@@ -202,9 +206,10 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         e = {**_summary(rs), "ms_per_box": 1e3 * seconds[name] / max(timed[name], 1)}
         e["by_size"] = {sz: float(np.mean([r[0] for r in rs if lo <= r[2] < hi]))
                         for sz, lo, hi in SIZES if any(lo <= r[2] < hi for r in rs)}
-        e["label"] = {"cached": "cached bank, warp (what training sees)",
-                      "cached_cut": "cached bank, cut (cues.reproject=cut)"}.get(name) or specs[name][0]
-        if name == "cached_cut":
+        e["label"] = {"cached": "cached bank (what training sees: cues.reproject=auto)",
+                      "cached_cut": "cached bank, cues.reproject=cut",
+                      "cached_warp": "cached bank, cues.reproject=warp"}.get(name) or specs[name][0]
+        if name in ("cached_cut", "cached_warp"):
             e["ms_per_box"] = table["cached"]["matched"]["ms_per_box"]
         table.setdefault(name, {})[on] = e
     cached = rows["cached", "matched"]

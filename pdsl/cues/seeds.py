@@ -26,7 +26,7 @@ from .store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS
 _resample_box = resample_box  # old name, kept for callers
 
 
-SEED_METHODS = ("grabcut", "grabcut_rect", "ellipse", "box", "mcg", "mcg_grabcut")
+SEED_METHODS = ("grabcut", "grabcut_masked", "grabcut_rect", "ellipse", "box", "mcg", "mcg_grabcut")
 FALLBACKS = ("ellipse", "box", "none")
 
 
@@ -37,8 +37,10 @@ class SeedParams:
     Defaults were chosen on the real photos of coco-real ``train2017`` and are reported on
     ``val2017`` (README, *Seed masks on real photos*)."""
 
-    method: str = "grabcut"  # grabcut: mask-initialised GrabCut (sure-foreground core) |
-    # grabcut_rect: rectangle-initialised crop GrabCut (earlier versions) | ellipse | box (shapes) |
+    method: str = "grabcut"  # grabcut: rectangle-initialised GrabCut, and where it degenerates
+    # (keeps < rect_accept or > full_frac of the box) mask-initialised GrabCut (sure-foreground core)
+    # | grabcut_masked: mask-initialised only | grabcut_rect: rectangle only (earlier versions) |
+    # ellipse | box (shapes) |
     # mcg: the proposal's MCG segment (MCG '-proposals' files) | mcg_grabcut: MCG segment AND GrabCut
     fallback: str = "ellipse"  # mask stored where the method degenerates (empty result, OpenCV
     # failure, no segment): ellipse | box (the authors' code) | none (keep it, flagged empty)
@@ -52,6 +54,8 @@ class SeedParams:
     # sure-foreground core, 1 measured as good as 2 on coco-real val2017 at 2/3 of the time)
     core: float = 0.7  # grabcut: axes of the sure-foreground central ellipse, as a fraction of the
     # inscribed ellipse's
+    rect_accept: float = 0.3  # grabcut: the rectangle pass's mask is kept only if it covers at least
+    # this fraction of the box (on real photos it collapses to a sliver or nothing on 2/3 of boxes)
     cluster_iou: float = 0.8  # proposals with IoU >= this share a representative's mask
     # (lowered automatically, in 0.05 steps, when more than max_bank representatives result)
     max_bank: int = 160  # at most this many masks per image (cost cap: ~0.5 core-s per image at
@@ -164,9 +168,12 @@ def seed_mask(image: np.ndarray, box, p: SeedParams, segment: np.ndarray | None 
     if p.method != "mcg":
         if _too_small(box, p):
             return _to_uint8(filled_box(M)), STATUS_TINY
-        if p.method == "grabcut_rect":
+        if p.method in ("grabcut_rect", "grabcut"):
             m = grabcut_rect(image, box, **kw)
-        else:
+        if p.method == "grabcut" and (m is None or not p.rect_accept <= float((m >= 0.5).mean())
+                                      <= p.full_frac):
+            m = None  # the rectangle pass degenerated: start again from the sure core
+        if p.method in ("grabcut", "grabcut_masked", "mcg_grabcut") and m is None:
             m = grabcut_masked(image, box, core=p.core, **kw)
     if p.needs_segments:
         if segment is None:
