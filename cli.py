@@ -71,7 +71,7 @@ _seed_options = [
     click.option("--cluster-iou", type=click.FloatRange(0.3, 1.0), default=None,
                  help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
-                 help="At most this many seed masks per image. Default 160."),
+                 help="At most this many seed masks per image. Default 80."),
 ]
 
 

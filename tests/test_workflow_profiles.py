@@ -149,7 +149,7 @@ def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, 
     assert f"--split {train_split}" in jobs["prepare"]["shell"] or \
         f"--split {splits[1]}" in jobs["prepare"]["shell"]
     assert "--format " + src["prepare"]["format"] in jobs["prepare"]["shell"]
-    assert "--method grabcut" in jobs["seeds"]["shell"] and "--max-bank 160" in jobs["seeds"]["shell"]
+    assert "--method grabcut" in jobs["seeds"]["shell"] and "--max-bank 80" in jobs["seeds"]["shell"]
     assert f"--proposals '{src['proposals']}'" in jobs["proposals"]["shell"]
     assert "--nproc_per_node=4 cli.py train" in jobs["train"]["shell"]
     assert f"data/{dataset}/{train_split}.json" in jobs["train"]["shell"].replace(str(tmp_path) + "/", "")

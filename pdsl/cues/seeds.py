@@ -58,7 +58,7 @@ class SeedParams:
     # this fraction of the box (on real photos it collapses to a sliver or nothing on 2/3 of boxes)
     cluster_iou: float = 0.8  # proposals with IoU >= this share a representative's mask
     # (lowered automatically, in 0.05 steps, when more than max_bank representatives result)
-    max_bank: int = 160  # at most this many masks per image (cost cap: ~0.5 core-s per image at
+    max_bank: int = 80  # at most this many masks per image (cost cap: ~0.5 core-s per image at
     # 2,000 proposals on real photos, see README)
     empty_frac: float = 0.02  # fg fraction inside the box below this -> degenerate (empty)
     full_frac: float = 0.98  # fg fraction inside the box above this -> STATUS_FULL
