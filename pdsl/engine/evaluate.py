@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import config_from_dict
-from .errors import ConfigError, DataError, PDSLError
+from ..config import config_from_dict
+from ..errors import ConfigError, DataError, PDSLError
 from .inference import TestParams, predict_image
-from .io import read_image, write_json_atomic
-from .manifest import load_manifest
+from ..io import read_image, write_json_atomic
+from ..manifest import load_manifest
 
 
 def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
@@ -56,7 +56,7 @@ def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=N
     as the images come, write ``coco_instances_results.json`` (incrementally), ``metrics.json``
     and (``report``) ``report.md``. Memory does not grow with the number of images: each image's
     masks are RLE-encoded and matched, then dropped (only the report's few samples are kept)."""
-    from .cues.store import CueStore
+    from ..cues.store import CueStore
 
     device = _device(device)
     manifest = load_manifest(manifest_path)
@@ -83,13 +83,13 @@ def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=N
                "split": manifest.split, "tta": tta, "scales": list(params.scales),
                "flip": params.flip, "images": n, "seconds_per_image": secs / max(n, 1)}
     if scores is not None:
-        from .evaluation import PROTOCOLS
+        from ..evaluation.coco import PROTOCOLS
 
         metrics.update(scores)
         metrics["protocols"] = dict(PROTOCOLS)
     write_json_atomic(json_safe(metrics), out_dir / "metrics.json", indent=2)
     if report:
-        from .report import write_report
+        from ..evaluation.report import write_report
 
         write_report(out_dir, Path(run_dir), manifest, store, kept, metrics)
     return metrics
@@ -101,7 +101,7 @@ REPORT_SAMPLES = 6
 
 def subset_manifest(manifest, images):
     """The manifest restricted to ``images`` (and their annotations)."""
-    from .manifest import Manifest
+    from ..manifest import Manifest
 
     keep = {i["id"] for i in images}
     return Manifest(path=manifest.path, info=manifest.info, images=list(images),
@@ -117,8 +117,8 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
     prediction} for the ids in keep)``."""
     import click
 
-    from .evaluation import Evaluator
-    from .io import JsonListWriter
+    from ..evaluation.coco import Evaluator
+    from ..io import JsonListWriter
 
     ev = Evaluator(manifest, keep_results=False) if manifest.has_gt else None
     cat_ids = [c["id"] for c in manifest.categories]
@@ -162,8 +162,8 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
     ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report."""
     import click
 
-    from .cues.store import CueStore
-    from .evaluation import Evaluator
+    from ..cues.store import CueStore
+    from ..evaluation.coco import Evaluator
 
     device = _device(device)
     manifest = load_manifest(manifest_path)
@@ -194,7 +194,7 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
                    f"{row['box_AP50']:.1f}, classification mAP {row['cls_mAP']:.1f}", err=True)
         lines.append(json.dumps(json_safe(row)))
     out = Path(run_dir) / "ap_curve.jsonl"
-    from .io import atomic_path
+    from ..io import atomic_path
 
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -222,7 +222,7 @@ def run_category_ids(run_dir, names, manifest_path=None) -> list[int]:
     """The category id of each class index of a run: the manifest's ids, as ``RUN/run.json``
     recorded them at training time (or as ``manifest_path`` gives them, for a run made before
     run.json existed). Refuses categories whose names are not the run's classes."""
-    from .rundir import run_categories
+    from ..rundir import run_categories
 
     if manifest_path is not None:
         cats, where = load_manifest(manifest_path).categories, f"manifest {manifest_path}"
@@ -248,8 +248,8 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
     :func:`run_category_ids`). An unreadable image is reported and skipped."""
     import click
 
-    from .proposals import make_source
-    from .report import draw_predictions
+    from ..proposals import make_source
+    from ..evaluation.report import draw_predictions
 
     device = _device(device)
     model, cfg, names, _ = load_run(run_dir, None, device)

@@ -9,12 +9,12 @@ pycocotools' ``COCOeval`` computes every COCO AP here (DESIGN.md: never re-imple
 labelled: ``mAP@t`` is read from the same ``COCOeval`` run with ``params.iouThrs`` set, i.e.
 COCO's **101-point interpolated** AP (the PDSL paper's tables: pycocotools through detectron2);
 ``voc_mAP@t`` is **VOC AP**, the area under the monotone precision-recall curve with chainercv's
-``eval_instance_segmentation_voc`` matching (:mod:`pdsl.voc_ap`; IRN, BESTIE, CIM report it).
+``eval_instance_segmentation_voc`` matching (:mod:`pdsl.evaluation.voc_ap`; IRN, BESTIE, CIM report it).
 CorLoc, the image-level (classification) mAP and VOC AP, which ``COCOeval`` does not compute, are
 implemented here.
 
 :class:`Evaluator` streams: each image's detections are RLE-encoded and matched when they come
-(:mod:`pdsl.coco_stream`), so evaluation memory does not grow with the images' masks.
+(:mod:`pdsl.evaluation.coco_stream`), so evaluation memory does not grow with the images' masks.
 
 All APs are percentages (0–100). A metric with no ground truth to score against (for example APl
 when no GT instance is large, or a class absent from the split) is ``nan`` and is left out of
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
-from .manifest import Manifest, load_manifest, validate_manifest_dict
+from ..errors import DataError
+from ..manifest import Manifest, load_manifest, validate_manifest_dict
 
 #: Paper Table 2 (VOC 2012 val): mAP at these single IoU thresholds.
 VOC_THRESHOLDS = (0.25, 0.5, 0.7, 0.75)
@@ -431,7 +431,7 @@ class Evaluator:
 
     :meth:`process` RLE-encodes the image's masks, matches its detections to its GT (pycocotools'
     per-image ``evaluateImg`` for the COCO numbers, chainercv's matching for VOC AP) and keeps
-    only scores and match flags (:mod:`pdsl.coco_stream`, :mod:`pdsl.voc_ap`): memory does not
+    only scores and match flags (:mod:`pdsl.evaluation.coco_stream`, :mod:`pdsl.evaluation.voc_ap`): memory does not
     grow with the images' masks. It returns the image's COCO result records; with
     ``keep_results`` (the default) they are also kept for :meth:`results`.
 
@@ -615,7 +615,7 @@ class Evaluator:
 
         ``mAP@t`` is COCO's 101-point interpolated AP at IoU ``t`` (the PDSL paper's tables);
         ``voc_mAP@t`` is VOC AP, the area under the monotone precision-recall curve with
-        chainercv's matching (IRN, BESTIE, CIM; :mod:`pdsl.voc_ap`).
+        chainercv's matching (IRN, BESTIE, CIM; :mod:`pdsl.evaluation.voc_ap`).
         """
         n_all = len(self.manifest.images)
         if len(self._seen) < n_all:
@@ -724,7 +724,7 @@ def _voc_ap_metrics(acc, coco_gt, manifest, thresholds) -> dict:
 def voc_ap_map(gt, results: list[dict], thresholds=VOC_THRESHOLDS, iou_type: str = "segm",
                per_class: bool = False) -> dict:
     """The VOC protocol with VOC AP (area under the monotone PR curve, chainercv's matching;
-    :mod:`pdsl.voc_ap`) from a COCO result list: ``{"voc_mAP@0.25": …, …}`` in percent, plus
+    :mod:`pdsl.evaluation.voc_ap`) from a COCO result list: ``{"voc_mAP@0.25": …, …}`` in percent, plus
     ``"per_class": {"voc_mAP@0.5": {name: AP}}`` with ``per_class``. Every manifest image
     counts (an image without results has missed its GT)."""
     from .voc_ap import VOCAccumulator

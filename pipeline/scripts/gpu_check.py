@@ -5,12 +5,12 @@
    ``--proposals`` MCG-like proposals per image, the default GrabCut bank) with the real cache
    stage (``pdsl.cues.cache.cache_cues``);
 2. trains PDSL with ResNet-50 (the paper's backbone variant, random init: speed does not depend on
-   the weights) through the trainer's own step (:func:`pdsl.train.run_step`, DataLoader as in
-   ``pdsl.train``) and measures per optimiser step the wall time, the share spent waiting for data
+   the weights) through the trainer's own step (:func:`pdsl.engine.train.run_step`, DataLoader as in
+   ``pdsl.engine.train``) and measures per optimiser step the wall time, the share spent waiting for data
    and cues, peak GPU memory and images per second, for ``solver.amp`` = off (fp32), fp16 and bf16
    with cached cues, and fp32 with online GrabCut in the step (``cues.source=online``, the
    authors' way);
-3. times inference (``pdsl.inference.predict_image``, masks included) per image, single scale and
+3. times inference (``pdsl.engine.inference.predict_image``, masks included) per image, single scale and
    with the 8 test scales + flip (``input.test_scales``, ``input.test_flip``), per precision;
 4. prints a table and writes everything as JSON (``--out``).
 
@@ -148,7 +148,7 @@ def build_cache(tmp: Path, size: dict) -> dict:
 
 # -- 2. training steps -----------------------------------------------------------------------------
 def make_loader(cfg, dataset, device, steps: int):
-    """The DataLoader ``pdsl.train`` builds (same sampler, collate, workers)."""
+    """The DataLoader ``pdsl.engine.train`` builds (same sampler, collate, workers)."""
     from pdsl.data import Collate, TrainBatchSampler, single_threaded_opencv, worker_init
 
     s = cfg.solver
@@ -164,9 +164,9 @@ def make_loader(cfg, dataset, device, steps: int):
 def measure_training(cfg, manifest, store, device, steps: int, warmup: int):
     """Mean figures of ``steps`` optimiser steps after ``warmup`` untimed ones; the model trained
     (for the inference timing)."""
-    import pdsl.train as T
+    import pdsl.engine.train as T
     from pdsl.data import TrainDataset
-    from pdsl.online_cues import OnlineGrabCut
+    from pdsl.cues.online import OnlineGrabCut
 
     torch.manual_seed(0)
     mode = effective_amp(cfg.solver.amp, device)
@@ -210,7 +210,7 @@ def measure_inference(model, cfg, manifest, store, device, size: dict) -> dict:
     """ms per image (masks of up to ``max_det`` detections included), single scale and TTA."""
     import dataclasses
 
-    from pdsl.inference import TestParams, _passes, predict_image
+    from pdsl.engine.inference import TestParams, _passes, predict_image
     from pdsl.io import read_image
 
     model.eval()
