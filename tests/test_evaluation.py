@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from pdsl.datasets.masks import decode_rle, encode_rle, mask_annotation
 from pdsl.errors import DataError
-from pdsl.evaluation.coco import (Evaluator, coco_instance_metrics, corloc, detection_map50,
+from pdsl.evaluation import (Evaluator, coco_instance_metrics, corloc, detection_map50,
                              image_level_map, voc_wsis_map)
 from pdsl.manifest import load_manifest, save_manifest
 

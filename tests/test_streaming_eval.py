@@ -14,7 +14,7 @@ import pdsl.evaluation.coco_stream
 import pdsl.evaluation.spool
 import pdsl.evaluation.voc_ap
 from pdsl.datasets.masks import mask_annotation
-from pdsl.evaluation.coco import Evaluator, coco_instance_metrics, voc_ap_map, voc_wsis_map
+from pdsl.evaluation import Evaluator, coco_instance_metrics, voc_ap_map, voc_wsis_map
 from pdsl.manifest import Manifest
 from pdsl.engine.evaluate import stream_evaluation
 from pdsl.evaluation.voc_ap import voc_ap
@@ -148,8 +148,8 @@ def test_voc_difficult_crowd_regions_are_ignored():
     # the crowd detection ranks first: ignored, not an FP (else AP would be 1/2)
     ev.process(1, _pred([(0, crowd, 0.9), (0, g, 0.8)]))
     assert ev.evaluate()["segm"]["voc_mAP@0.5"] == pytest.approx(100.0)
-    assert pdsl.evaluation.voc_ap.match_detections(np.array([[0.9, 0.0], [0.8, 0.1]]), [True, False],
-                                        [0.5]).tolist() == [[-1, -1]]
+    assert pdsl.evaluation.voc_ap.match_detections(np.array([[0.9, 0.0], [0.8, 0.1]]),
+                                                   [True, False], [0.5]).tolist() == [[-1, -1]]
 
 
 def _big_case(n, dets=40, size=(120, 160)):

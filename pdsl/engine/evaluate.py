@@ -83,7 +83,7 @@ def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=N
                "split": manifest.split, "tta": tta, "scales": list(params.scales),
                "flip": params.flip, "images": n, "seconds_per_image": secs / max(n, 1)}
     if scores is not None:
-        from ..evaluation.coco import PROTOCOLS
+        from ..evaluation import PROTOCOLS
 
         metrics.update(scores)
         metrics["protocols"] = dict(PROTOCOLS)
@@ -117,7 +117,7 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
     prediction} for the ids in keep)``."""
     import click
 
-    from ..evaluation.coco import Evaluator
+    from ..evaluation import Evaluator
     from ..io import JsonListWriter
 
     ev = Evaluator(manifest, keep_results=False) if manifest.has_gt else None
@@ -163,7 +163,7 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
     import click
 
     from ..cues.store import CueStore
-    from ..evaluation.coco import Evaluator
+    from ..evaluation import Evaluator
 
     device = _device(device)
     manifest = load_manifest(manifest_path)

@@ -46,7 +46,7 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
     batches move)."""
     import click
 
-    from ..evaluation.coco import image_level_map
+    from ..evaluation import image_level_map
     from ..model.backbone import build_backbone
 
     torch.set_num_threads(threads)
