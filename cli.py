@@ -309,13 +309,11 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
     Example:
       python cli.py eval --run runs/demo --manifest data/synthetic/val.json --cues data/cues/synthetic/val/cues.h5
     """
-    from pdsl.engine.evaluate import ap_curve, evaluate_run
+    from pdsl.engine.evaluate import evaluate_run
     from pdsl.evaluation.report import metrics_table
 
-    if curve:
-        ap_curve(run_dir, manifest, cues, max_images=curve, device=device)
     m = evaluate_run(run_dir, manifest, cues, tta=tta, out_dir=out_dir, max_images=max_images,
-                     device=device)
+                     device=device, curve=curve)
     if "bbox" in m:
         click.echo(metrics_table(m))
         if "classification" in m:

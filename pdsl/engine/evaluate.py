@@ -50,18 +50,21 @@ def _device(name="auto"):
     return name
 
 
-def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=None,
-                 max_images: int | None = None, device: str = "auto", report: bool = True) -> dict:
+def evaluate_run(run_dir, manifest, cues, tta: bool = False, out_dir=None,
+                 max_images: int | None = None, device: str = "auto", report: bool = True,
+                 curve: int = 0) -> dict:
     """Predict every image of the manifest (proposals from the cue cache), score with pycocotools
     as the images come, write ``coco_instances_results.json`` (incrementally), ``metrics.json``
     and (``report``) ``report.md``. Memory does not grow with the number of images: each image's
-    masks are RLE-encoded and matched, then dropped (only the report's few samples are kept)."""
-    from ..cues.store import CueStore
+    masks are RLE-encoded and matched, then dropped (only the report's few samples are kept).
 
+    ``manifest`` and ``cues`` are paths or the loaded :class:`Manifest` and :class:`CueStore`;
+    each is read once. ``curve`` > 0 first scores every checkpoint on that many images
+    (:func:`ap_curve`), so the report draws the AP curve."""
     device = _device(device)
-    manifest = load_manifest(manifest_path)
-    store = CueStore(cues_path)
-    store.check_manifest(manifest, require_bank=False)
+    manifest, store = _open_split(manifest, cues)
+    if curve:
+        ap_curve(run_dir, manifest, store, max_images=curve, device=device)
     model, cfg, names, ckpt_path = load_run(run_dir, manifest.class_names, device)
     params = TestParams.from_config(cfg, tta)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "eval" / manifest.split
@@ -157,18 +160,27 @@ def json_safe(obj):
     return obj
 
 
-def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: str = "auto") -> Path:
+def _open_split(manifest, cues):
+    """The split's manifest and cue cache (each a path or already loaded), checked to match."""
+    from ..cues.store import CueStore
+    from ..manifest import Manifest
+
+    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    store = cues if isinstance(cues, CueStore) else CueStore(cues)
+    store.check_manifest(manifest, require_bank=False)
+    return manifest, store
+
+
+def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto") -> Path:
     """AP50 of every checkpoint of a run on the first ``max_images`` images (single scale):
-    ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report."""
+    ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report. ``manifest`` and
+    ``cues``: paths, or the loaded :class:`Manifest` and :class:`CueStore`."""
     import click
 
-    from ..cues.store import CueStore
     from ..evaluation import Evaluator
 
     device = _device(device)
-    manifest = load_manifest(manifest_path)
-    store = CueStore(cues_path)
-    store.check_manifest(manifest, require_bank=False)
+    manifest, store = _open_split(manifest, cues)
     images = manifest.images[:max_images]
     sub = subset_manifest(manifest, images)
     ckpts = sorted((Path(run_dir) / "checkpoints").glob("model_*.pth"))
