@@ -369,6 +369,19 @@ def _f(v, fmt):
     return "—" if v is None else format(v, fmt)
 
 
+def _rows(records, measured: str, lead, cells, n_cells: int) -> list[str]:
+    """One markdown table row per record: ``lead(r) + cells(r)``, or ``lead(r)`` and the reason
+    it was skipped where ``measured`` is missing (the other ``n_cells - 1`` cells left empty)."""
+    out = []
+    for r in records:
+        if measured in r:
+            tail = cells(r)
+        else:  # a skipped measurement: no numbers to format
+            tail = [f"skipped: {r['skipped']}"] + [""] * (n_cells - 1)
+        out.append("|" + "|".join(f" {c} " if c else " " for c in lead(r) + tail) + "|")
+    return out
+
+
 def table(res: dict) -> str:
     lines = [f"device {res['device']} ({res['device_name']}), torch {res['torch']}, "
              f"{res['backbone']}, size {res['size']}, {res['cpu_threads']} CPU threads; cache "
@@ -376,22 +389,14 @@ def table(res: dict) -> str:
              f"proposals/image", "",
              "| train | amp | s/step | s/image | images/s | data + cues (share) | peak GB |",
              "|---|---|---|---|---|---|---|"]
-    for r in res["train"]:
-        if "step_s" not in r:
-            lines.append(f"| {r['cues']} | {r['amp']} | skipped: {r['skipped']} | | | | |")
-            continue
-        lines.append(f"| {r['cues']} | {r['amp']} | {r['step_s']:.3f} | {r['s_per_image']:.3f} | "
-                     f"{r['images_per_s']:.2f} | {r['data_cue_share']:.1%} | "
-                     f"{_f(r['peak_mem_gb'], '.2f')} |")
+    lines += _rows(res["train"], "step_s", lambda r: [r["cues"], r["amp"]], lambda r: [
+        f"{r['step_s']:.3f}", f"{r['s_per_image']:.3f}", f"{r['images_per_s']:.2f}",
+        f"{r['data_cue_share']:.1%}", _f(r["peak_mem_gb"], ".2f")], 5)
     lines += ["", "| inference | amp | ms/image single scale | ms/image TTA (passes) | images/s "
               "| peak GB |", "|---|---|---|---|---|---|"]
-    for r in res["inference"]:
-        if "single_ms" not in r:
-            lines.append(f"| | {r['amp']} | skipped: {r['skipped']} | | | |")
-            continue
-        lines.append(f"| | {r['amp']} | {r['single_ms']:.1f} | {r['tta_ms']:.1f} "
-                     f"({r['tta_passes']}) | {r['images_per_s']:.2f} | "
-                     f"{_f(r['peak_mem_gb'], '.2f')} |")
+    lines += _rows(res["inference"], "single_ms", lambda r: ["", r["amp"]], lambda r: [
+        f"{r['single_ms']:.1f}", f"{r['tta_ms']:.1f} ({r['tta_passes']})",
+        f"{r['images_per_s']:.2f}", _f(r["peak_mem_gb"], ".2f")], 4)
     s = res["summary"]
     lines.append("")
     if "online_over_cached_step" in s:
