@@ -57,7 +57,7 @@ def train_overrides(wildcards):
 
 def train_launcher():
     """The interpreter, or torchrun with one DDP process per GPU when train.gpus > 1 (the
-    trainer joins the process group torchrun sets up, see pdsl/train.py)."""
+    trainer joins the process group torchrun sets up, see pdsl/engine/train.py)."""
     if TRAIN_GPUS > 1:
         return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node={TRAIN_GPUS}"
     return PYTHON
