@@ -241,7 +241,7 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
       python cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --cues data/cues/voc/train_aug/cues.h5 --out runs/voc --resume solver.base_lr=0.005 train.num_workers=8
       torchrun --nproc_per_node 4 cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest ... --cues ... --out runs/voc
     """
-    from pdsl.train import train as run
+    from pdsl.engine.train import train as run
 
     run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume, weights=weights,
         overrides=list(overrides))
@@ -272,7 +272,7 @@ def pretrain_backbone_cmd(manifest, val_manifest, out, backbone, epochs, size, l
     Example:
       python cli.py pretrain-backbone --manifest data/synthetic/train.json --val-manifest data/synthetic/val.json --out runs/demo/backbone.pth
     """
-    from pdsl.pretrain import pretrain_backbone
+    from pdsl.engine.pretrain import pretrain_backbone
 
     pretrain_backbone(manifest, out, backbone=backbone, epochs=epochs, size=size, lr=lr,
                       val_manifest=val_manifest, device=device)
@@ -309,13 +309,11 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
     Example:
       python cli.py eval --run runs/demo --manifest data/synthetic/val.json --cues data/cues/synthetic/val/cues.h5
     """
-    from pdsl.run_eval import ap_curve, evaluate_run
-    from pdsl.report import metrics_table
+    from pdsl.engine.evaluate import evaluate_run
+    from pdsl.evaluation.report import metrics_table
 
-    if curve:
-        ap_curve(run_dir, manifest, cues, max_images=curve, device=device)
     m = evaluate_run(run_dir, manifest, cues, tta=tta, out_dir=out_dir, max_images=max_images,
-                     device=device)
+                     device=device, curve=curve)
     if "bbox" in m:
         click.echo(metrics_table(m))
         if "classification" in m:
@@ -347,7 +345,7 @@ def predict_cmd(inputs, run_dir, out_dir, tta, score_thresh, device, manifest):
     Example:
       python cli.py predict photos/ extra.jpg --run runs/demo --out predictions/
     """
-    from pdsl.run_eval import predict_paths
+    from pdsl.engine.evaluate import predict_paths
 
     r = predict_paths(inputs, run_dir, out_dir, tta=tta, device=device, score_thresh=score_thresh,
                       manifest=manifest)

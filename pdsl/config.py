@@ -89,14 +89,10 @@ def to_dict(cfg) -> dict:
 
 
 def _read_yaml(path) -> dict:
+    from .io import read_data_file
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config {path}: file not found")
-    try:
-        with open(path) as f:
-            d = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML ({e})") from None
+    d = read_data_file(path, "config", ConfigError, fmt="yaml")
     if d is None:
         return {}
     if not isinstance(d, dict):

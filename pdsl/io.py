@@ -1,4 +1,5 @@
-"""Small I/O helpers shared by every stage: atomic writes, content hashes, image reading."""
+"""Small I/O helpers shared by every stage: atomic writes, reading JSON/YAML with clear errors,
+content hashes, image reading."""
 from __future__ import annotations
 
 import contextlib
@@ -39,6 +40,29 @@ def write_json_atomic(obj, path: str | os.PathLike, indent: int | None = None) -
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=indent)
+
+
+def read_data_file(path: str | os.PathLike, what: str, error: type[Exception] = DataError,
+                   hint: str = "", fmt: str = "json"):
+    """The parsed contents of a JSON (``fmt="json"``) or YAML (``fmt="yaml"``) file.
+
+    Every failure is one ``error`` that names ``what`` and the path: ``{what} {path}: file not
+    found{hint}``, ``…: cannot read (reason)``, ``…: not valid JSON (parser message)`` (or YAML).
+    A UTF-8 byte-order mark is allowed. The caller checks the shape of what it gets."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path}: file not found{hint}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return yaml.safe_load(f) if fmt == "yaml" else json.load(f)
+    except OSError as e:
+        raise error(f"{what} {path}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{what} {path}: cannot read ({e})") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise error(f"{what} {path}: not valid {fmt.upper()} ({e})") from None
 
 
 def file_sha1(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -16,7 +16,6 @@ used by evaluation and ``cue-report`` alone.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
-from .io import write_json_atomic
+from .io import read_data_file, write_json_atomic
 
 MANIFEST_VERSION = 1
 
@@ -133,13 +132,7 @@ def validate_manifest_dict(d: dict, path="<memory>") -> None:
 
 def load_manifest(path: str | os.PathLike) -> Manifest:
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"manifest {path}: file not found (create it with `cli.py prepare-data`)")
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"manifest {path}: not valid JSON ({e})") from None
+    d = read_data_file(path, "manifest", hint=" (create it with `cli.py prepare-data`)")
     validate_manifest_dict(d, path)
     return Manifest(path=path, info=d["info"], images=d["images"], categories=d["categories"],
                     annotations=d.get("annotations", []))

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-import pdsl.train as T
+import pdsl.engine.train as T
 from pdsl.amp import autocast, effective_amp, grad_scaler, why_not
 from pdsl.config import config_from_dict, load_config
 from pdsl.errors import ConfigError
@@ -100,7 +100,7 @@ def test_training_step_runs_under_the_amp_mode(tiny, tmp_path, monkeypatch, caps
 
 
 def test_inference_under_bf16_autocast_matches_float32():
-    from pdsl.inference import TestParams, predict_image
+    from pdsl.engine.inference import TestParams, predict_image
 
     cfg = load_config(None, FAST)
     torch.manual_seed(0)

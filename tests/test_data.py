@@ -9,7 +9,7 @@ import torch
 
 from pdsl.boxes import box_iou
 from pdsl.config import load_config
-from pdsl.cues.seeds import paste_mask
+from pdsl.boxes import paste_mask
 from pdsl.cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK, CueStore, CueWriter
 from pdsl.data import (Collate, TestDataset, TrainBatchSampler, TrainDataset, flip_boxes,
                        load_test_image, scaled_size)

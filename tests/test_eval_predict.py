@@ -25,7 +25,7 @@ def _cli(*args):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     from pdsl.datasets import prepare_data
-    from pdsl.train import train
+    from pdsl.engine.train import train
 
     d = tmp_path_factory.mktemp("evalrun")
     for split, n in (("train", 6), ("val", 3)):
@@ -40,10 +40,10 @@ def run(tmp_path_factory):
 
 def test_predict_image_output_frames(run):
     from pdsl.cues.store import CueStore
-    from pdsl.inference import TestParams, predict_image
+    from pdsl.engine.inference import TestParams, predict_image
     from pdsl.io import read_image
     from pdsl.manifest import load_manifest
-    from pdsl.run_eval import load_run
+    from pdsl.engine.evaluate import load_run
 
     m = load_manifest(run / "val.json")
     model, cfg, names, _ = load_run(run / "run", m.class_names)
@@ -88,7 +88,7 @@ def test_cli_eval_writes_results_metrics_report(run):
 
 
 def test_eval_refuses_another_class_set(run, tmp_path):
-    from pdsl.run_eval import load_run
+    from pdsl.engine.evaluate import load_run
 
     with pytest.raises(ConfigError, match="trained on classes"):
         load_run(run / "run", ["cat", "dog"])

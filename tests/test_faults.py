@@ -266,7 +266,7 @@ def test_13_unknown_config_key_and_bad_value(labelled, tmp_path):
 
 # -- 14: NaN loss --------------------------------------------------------------------------------------
 def test_14_nan_loss(labelled, tmp_path, monkeypatch):
-    import pdsl.train as T
+    import pdsl.engine.train as T
 
     _, man, cues = labelled
     real = T.build_model
@@ -334,7 +334,7 @@ def test_15_kill_during_caching_resumes_to_the_same_cache(tmp_path):
 
 
 def test_16_kill_during_training_resumes_to_the_same_weights(labelled, tmp_path):
-    import pdsl.train as T
+    import pdsl.engine.train as T
 
     _, man, cues = labelled
     over = FAST + ["train.checkpoint_period=2", "model.dropout=0.5", "input.flip=true"]

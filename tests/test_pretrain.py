@@ -8,7 +8,7 @@ from pdsl.model.backbone import build_backbone
 
 def test_pretrain_writes_loadable_backbone(tmp_path):
     from pdsl.datasets import prepare_data
-    from pdsl.pretrain import pretrain_backbone
+    from pdsl.engine.pretrain import pretrain_backbone
 
     prepare_data("synthetic", tmp_path / "t.json", "train", num_images=8, seed=2, progress=False)
     r = pretrain_backbone(tmp_path / "t.json", tmp_path / "b.pth", epochs=2, batch_size=4,

@@ -143,8 +143,8 @@ FAST = ["model.backbone=tiny", "model.pretrained=null", "model.hidden_dim=32", "
 
 
 def test_predict_writes_the_manifests_category_ids(tmp_path):
-    from pdsl.run_eval import predict_paths
-    from pdsl.train import train
+    from pdsl.engine.evaluate import predict_paths
+    from pdsl.engine.train import train
 
     manifest, cues = make_tiny_set(tmp_path / "set")
     d = json.loads(Path(manifest).read_text())          # category ids 11, 22, 33, not 1..3

@@ -13,7 +13,7 @@ from test_data import make_tiny_set
 
 pytest.importorskip("pdsl.model.pdsl_net")
 
-import pdsl.train as T  # noqa: E402
+import pdsl.engine.train as T  # noqa: E402
 from pdsl.errors import ConfigError  # noqa: E402
 from pdsl.rundir import config_hash  # noqa: E402
 

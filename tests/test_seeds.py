@@ -3,9 +3,10 @@ import cv2
 import numpy as np
 import pytest
 
+from pdsl.boxes import paste_mask
 from pdsl.cues.grabcut import inscribed_ellipse
 from pdsl.cues.seeds import (SeedParams, _resample_box, build_bank, cluster_proposals,
-                             grabcut_box, grabcut_online, paste_mask, seed_mask)
+                             grabcut_box, grabcut_online, seed_mask)
 from pdsl.cues.store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS_TINY
 from pdsl.errors import CacheError, DataError
 

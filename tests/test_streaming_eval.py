@@ -10,14 +10,14 @@ import tracemalloc
 import numpy as np
 import pytest
 
-import pdsl.coco_stream
-import pdsl.spool
-import pdsl.voc_ap
+import pdsl.evaluation.coco_stream
+import pdsl.evaluation.spool
+import pdsl.evaluation.voc_ap
 from pdsl.datasets.masks import mask_annotation
 from pdsl.evaluation import Evaluator, coco_instance_metrics, voc_ap_map, voc_wsis_map
 from pdsl.manifest import Manifest
-from pdsl.run_eval import stream_evaluation
-from pdsl.voc_ap import voc_ap
+from pdsl.engine.evaluate import stream_evaluation
+from pdsl.evaluation.voc_ap import voc_ap
 
 H = W = 64
 
@@ -84,8 +84,8 @@ def _same(a, b):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_streaming_equals_one_cocoeval_run_even_when_spilled(seed, monkeypatch):
     # tiny chunks: the rows of every image go through the temporary file
-    monkeypatch.setattr(pdsl.coco_stream, "RowSpool",
-                        functools.partial(pdsl.spool.RowSpool, chunk_rows=5))
+    monkeypatch.setattr(pdsl.evaluation.coco_stream, "RowSpool",
+                        functools.partial(pdsl.evaluation.spool.RowSpool, chunk_rows=5))
     rng = np.random.default_rng(seed)
     gt, preds = _random_case(rng)
     m = _manifest(gt, crowd={(i, insts[0][1]) for i, insts in gt.items() if insts and i % 4 == 0})
@@ -148,8 +148,8 @@ def test_voc_difficult_crowd_regions_are_ignored():
     # the crowd detection ranks first: ignored, not an FP (else AP would be 1/2)
     ev.process(1, _pred([(0, crowd, 0.9), (0, g, 0.8)]))
     assert ev.evaluate()["segm"]["voc_mAP@0.5"] == pytest.approx(100.0)
-    assert pdsl.voc_ap.match_detections(np.array([[0.9, 0.0], [0.8, 0.1]]), [True, False],
-                                        [0.5]).tolist() == [[-1, -1]]
+    assert pdsl.evaluation.voc_ap.match_detections(np.array([[0.9, 0.0], [0.8, 0.1]]),
+                                                   [True, False], [0.5]).tolist() == [[-1, -1]]
 
 
 def _big_case(n, dets=40, size=(120, 160)):
@@ -171,8 +171,8 @@ def _big_case(n, dets=40, size=(120, 160)):
 
 
 def test_stream_evaluation_memory_does_not_grow_with_images(tmp_path, monkeypatch):
-    monkeypatch.setattr(pdsl.coco_stream, "RowSpool",
-                        functools.partial(pdsl.spool.RowSpool, chunk_rows=2000))
+    monkeypatch.setattr(pdsl.evaluation.coco_stream, "RowSpool",
+                        functools.partial(pdsl.evaluation.spool.RowSpool, chunk_rows=2000))
     m, predict = _big_case(60)
     one_image = 40 * 120 * 160                      # bytes of one image's masks
     traced = {}
@@ -213,7 +213,7 @@ def test_results_json_streamed_complete_and_atomic(tmp_path):
 
 
 def test_report_table_labels_both_voc_protocols():
-    from pdsl.report import metrics_table
+    from pdsl.evaluation.report import metrics_table
 
     g1, g2, g3 = _square(0, 0), _square(20, 20), _square(40, 40)
     m = _manifest({1: [(0, g1), (0, g2), (0, g3)]})

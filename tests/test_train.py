@@ -20,7 +20,7 @@ from test_data import make_tiny_set
 
 pdsl_net = pytest.importorskip("pdsl.model.pdsl_net", reason="the model (pdsl/model) is not there")
 
-import pdsl.train as T  # noqa: E402
+import pdsl.engine.train as T  # noqa: E402
 from pdsl.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_online_cues_path_trains(tiny, tmp_path):
 
 
 def test_online_bank_pool_matches_in_process():
-    from pdsl.online_cues import OnlineGrabCut, online_bank
+    from pdsl.cues.online import OnlineGrabCut, online_bank
 
     rng = np.random.default_rng(0)
     img = rng.integers(0, 50, (60, 90, 3), dtype=np.uint8)

@@ -111,7 +111,7 @@ def test_pretrain_on_a_missing_gpu_is_one_clear_error(tmp_path, monkeypatch):
     import torch
 
     from pdsl.errors import ConfigError
-    from pdsl.pretrain import pretrain_backbone
+    from pdsl.engine.pretrain import pretrain_backbone
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="--device cuda but torch sees no CUDA device"):

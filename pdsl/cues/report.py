@@ -5,11 +5,11 @@ import time
 
 import numpy as np
 
-from ..boxes import box_iou
+from ..boxes import box_iou, paste_mask
 from ..errors import DataError
 from ..io import read_image
 from ..manifest import load_manifest
-from .seeds import SeedParams, grabcut_online, paste_mask, seed_mask
+from .seeds import SeedParams, grabcut_online, seed_mask
 from .store import STATUS_NAMES, CueStore
 
 

@@ -221,28 +221,3 @@ def build_bank(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, p: Seed
         masks[k], status[k] = seed_mask(image, boxes[r], p, seg)
     return dict(bank_boxes=boxes[reps].astype(np.float32), bank_masks=masks, bank_status=status,
                 bank_row=bank_row, coverage=coverage)
-
-
-def paste_mask(mask: np.ndarray, box: np.ndarray, height: int, width: int,
-               threshold: float = 0.5) -> np.ndarray:
-    """Paste a box-frame mask ``[M, M]`` (uint8 0..255 or float 0..1) into a ``bool [H, W]`` image
-    mask: the inverse of the box-frame sampling, bilinear, thresholded."""
-    import cv2
-
-    m = mask.astype(np.float32)
-    if mask.dtype == np.uint8:
-        m /= 255.0
-    M = m.shape[0]
-    x1, y1, x2, y2 = [float(v) for v in box]
-    sx, sy = (x2 - x1) / M, (y2 - y1) / M
-    if sx <= 0 or sy <= 0:
-        return np.zeros((height, width), bool)
-    # image pixel centre (u, v) -> box-frame coordinate ((u + .5 - x1) / sx - .5, ...)
-    A = np.array([[1 / sx, 0, (0.5 - x1) / sx - 0.5], [0, 1 / sy, (0.5 - y1) / sy - 0.5]],
-                 np.float32)
-    out = cv2.warpAffine(m, A, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    # keep only the box itself (bilinear bleeds half a box-pixel outside)
-    inside = np.zeros((height, width), bool)
-    inside[max(0, int(np.floor(y1))):int(np.ceil(y2)), max(0, int(np.floor(x1))):int(np.ceil(x2))] = True
-    return (out >= threshold) & inside

@@ -7,11 +7,11 @@ kept as they are (polygons, RLE and crowd regions all work with pycocotools); ea
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from ..errors import DataError
+from ..io import read_data_file
 from .masks import choose_subset, progress_iter
 
 
@@ -32,13 +32,7 @@ def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
     image_dir = root / split
     if not image_dir.is_dir():
         raise DataError(f"COCO split {split!r}: image folder {image_dir} not found")
-    try:
-        with open(ann_path) as f:
-            d = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"COCO annotation file {ann_path}: not valid JSON ({e})") from None
-    except OSError as e:
-        raise DataError(f"COCO annotation file {ann_path}: cannot read ({e.strerror})") from None
+    d = read_data_file(ann_path, "COCO annotation file")
     if not isinstance(d, dict):
         raise DataError(f"COCO annotation file {ann_path}: top level must be a JSON object")
     for key in ("images", "categories"):

@@ -36,13 +36,12 @@ file order.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from pathlib import Path
 
 from ..errors import DataError
-from ..io import read_image
+from ..io import read_data_file, read_image
 from .masks import choose_subset, progress_iter
 
 _SPLIT = re.compile(r"[;|\s]+")
@@ -85,12 +84,7 @@ def parse_labels_csv(csv_path: Path) -> list[tuple[int, str, list[str]]]:
 
 def parse_labels_json(path: Path) -> list[tuple[str, str, list[str]]]:
     """``[(where, file_name, [class names])]`` from a labels JSON (a dict or a list, see above)."""
-    if not path.is_file():
-        raise DataError(f"labels JSON {path}: file not found")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"labels JSON {path}: cannot read ({e})") from None
+    doc = read_data_file(path, "labels JSON")
     if isinstance(doc, dict):
         items = [(f"entry {k!r}", k, v) for k, v in doc.items()]
     elif isinstance(doc, list):

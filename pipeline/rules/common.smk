@@ -11,7 +11,7 @@ SHARDS = [f"{i + 1}-of-{config['shards']}" for i in range(config["shards"])]
 # GPUs of the train job (workflow config `train.gpus`; 0 = CPU). pretrain and eval use one GPU
 # when training uses any. Rules request them as the `gpu` resource (what
 # snakemake-executor-plugin-slurm turns into --gpus, and what `--resources gpu=N` caps locally).
-TRAIN_GPUS = int(config.get("train", {}).get("gpus", 0))
+TRAIN_GPUS = int((config.get("train") or {}).get("gpus", 0))
 GPU_JOB = min(TRAIN_GPUS, 1)
 _gpu_cap = getattr(workflow, "global_resources", {}).get("gpu")  # `--resources gpu=N`, if given
 _gpu_cap = getattr(_gpu_cap, "value", _gpu_cap)
@@ -57,7 +57,7 @@ def train_overrides(wildcards):
 
 def train_launcher():
     """The interpreter, or torchrun with one DDP process per GPU when train.gpus > 1 (the
-    trainer joins the process group torchrun sets up, see pdsl/train.py)."""
+    trainer joins the process group torchrun sets up, see pdsl/engine/train.py)."""
     if TRAIN_GPUS > 1:
         return f"{PYTHON} -m torch.distributed.run --standalone --nproc_per_node={TRAIN_GPUS}"
     return PYTHON

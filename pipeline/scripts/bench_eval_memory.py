@@ -5,9 +5,9 @@
         [--height 480] [--width 640] [--classes 20] [--gt 4]
 
 For each image count, a fresh process builds a manifest of that many ``width x height`` images
-with ``--gt`` GT instances each and runs :func:`pdsl.run_eval.stream_evaluation` — the loop
+with ``--gt`` GT instances each and runs :func:`pdsl.engine.evaluate.stream_evaluation` — the loop
 ``cli.py eval`` runs — with the model replaced by a generator of ``--dets`` detections per image,
-each with a full-resolution ``bool [H, W]`` mask (what :func:`pdsl.inference.predict_image`
+each with a full-resolution ``bool [H, W]`` mask (what :func:`pdsl.engine.inference.predict_image`
 returns); results json written, bbox + segm COCO metrics, VOC AP and CorLoc computed. Prints,
 per count, the peak RSS of the process (``getrusage``), the RSS before evaluation started (Python,
 numpy, torch, pycocotools and the manifest) and the time per image.
@@ -41,7 +41,7 @@ def child(n_images: int, dets: int, H: int, W: int, n_classes: int, n_gt: int, o
 
     from pdsl.datasets.masks import mask_annotation
     from pdsl.manifest import Manifest
-    from pdsl.run_eval import stream_evaluation
+    from pdsl.engine.evaluate import stream_evaluation
 
     rng = np.random.default_rng(0)
 

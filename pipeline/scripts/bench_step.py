@@ -29,8 +29,8 @@ from pdsl.cues.store import CueStore  # noqa: E402
 from pdsl.data import Collate, TrainDataset, batch_to_device  # noqa: E402
 from pdsl.manifest import load_manifest  # noqa: E402
 from pdsl.model.seeds import seed_mask_targets, select_seeds  # noqa: E402
-from pdsl.online_cues import OnlineGrabCut, fill_online_targets  # noqa: E402
-from pdsl.train import build_model  # noqa: E402
+from pdsl.cues.online import OnlineGrabCut, fill_online_targets  # noqa: E402
+from pdsl.engine.train import build_model  # noqa: E402
 
 
 def _sync(device):

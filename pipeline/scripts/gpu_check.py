@@ -5,12 +5,12 @@
    ``--proposals`` MCG-like proposals per image, the default GrabCut bank) with the real cache
    stage (``pdsl.cues.cache.cache_cues``);
 2. trains PDSL with ResNet-50 (the paper's backbone variant, random init: speed does not depend on
-   the weights) through the trainer's own step (:func:`pdsl.train.run_step`, DataLoader as in
-   ``pdsl.train``) and measures per optimiser step the wall time, the share spent waiting for data
+   the weights) through the trainer's own step (:func:`pdsl.engine.train.run_step`, DataLoader as in
+   ``pdsl.engine.train``) and measures per optimiser step the wall time, the share spent waiting for data
    and cues, peak GPU memory and images per second, for ``solver.amp`` = off (fp32), fp16 and bf16
    with cached cues, and fp32 with online GrabCut in the step (``cues.source=online``, the
    authors' way);
-3. times inference (``pdsl.inference.predict_image``, masks included) per image, single scale and
+3. times inference (``pdsl.engine.inference.predict_image``, masks included) per image, single scale and
    with the 8 test scales + flip (``input.test_scales``, ``input.test_flip``), per precision;
 4. prints a table and writes everything as JSON (``--out``).
 
@@ -148,7 +148,7 @@ def build_cache(tmp: Path, size: dict) -> dict:
 
 # -- 2. training steps -----------------------------------------------------------------------------
 def make_loader(cfg, dataset, device, steps: int):
-    """The DataLoader ``pdsl.train`` builds (same sampler, collate, workers)."""
+    """The DataLoader ``pdsl.engine.train`` builds (same sampler, collate, workers)."""
     from pdsl.data import Collate, TrainBatchSampler, single_threaded_opencv, worker_init
 
     s = cfg.solver
@@ -164,9 +164,9 @@ def make_loader(cfg, dataset, device, steps: int):
 def measure_training(cfg, manifest, store, device, steps: int, warmup: int):
     """Mean figures of ``steps`` optimiser steps after ``warmup`` untimed ones; the model trained
     (for the inference timing)."""
-    import pdsl.train as T
+    import pdsl.engine.train as T
     from pdsl.data import TrainDataset
-    from pdsl.online_cues import OnlineGrabCut
+    from pdsl.cues.online import OnlineGrabCut
 
     torch.manual_seed(0)
     mode = effective_amp(cfg.solver.amp, device)
@@ -210,7 +210,7 @@ def measure_inference(model, cfg, manifest, store, device, size: dict) -> dict:
     """ms per image (masks of up to ``max_det`` detections included), single scale and TTA."""
     import dataclasses
 
-    from pdsl.inference import TestParams, _passes, predict_image
+    from pdsl.engine.inference import TestParams, _passes, predict_image
     from pdsl.io import read_image
 
     model.eval()
@@ -369,6 +369,19 @@ def _f(v, fmt):
     return "—" if v is None else format(v, fmt)
 
 
+def _rows(records, measured: str, lead, cells, n_cells: int) -> list[str]:
+    """One markdown table row per record: ``lead(r) + cells(r)``, or ``lead(r)`` and the reason
+    it was skipped where ``measured`` is missing (the other ``n_cells - 1`` cells left empty)."""
+    out = []
+    for r in records:
+        if measured in r:
+            tail = cells(r)
+        else:  # a skipped measurement: no numbers to format
+            tail = [f"skipped: {r['skipped']}"] + [""] * (n_cells - 1)
+        out.append("|" + "|".join(f" {c} " if c else " " for c in lead(r) + tail) + "|")
+    return out
+
+
 def table(res: dict) -> str:
     lines = [f"device {res['device']} ({res['device_name']}), torch {res['torch']}, "
              f"{res['backbone']}, size {res['size']}, {res['cpu_threads']} CPU threads; cache "
@@ -376,22 +389,14 @@ def table(res: dict) -> str:
              f"proposals/image", "",
              "| train | amp | s/step | s/image | images/s | data + cues (share) | peak GB |",
              "|---|---|---|---|---|---|---|"]
-    for r in res["train"]:
-        if "step_s" not in r:
-            lines.append(f"| {r['cues']} | {r['amp']} | skipped: {r['skipped']} | | | | |")
-            continue
-        lines.append(f"| {r['cues']} | {r['amp']} | {r['step_s']:.3f} | {r['s_per_image']:.3f} | "
-                     f"{r['images_per_s']:.2f} | {r['data_cue_share']:.1%} | "
-                     f"{_f(r['peak_mem_gb'], '.2f')} |")
+    lines += _rows(res["train"], "step_s", lambda r: [r["cues"], r["amp"]], lambda r: [
+        f"{r['step_s']:.3f}", f"{r['s_per_image']:.3f}", f"{r['images_per_s']:.2f}",
+        f"{r['data_cue_share']:.1%}", _f(r["peak_mem_gb"], ".2f")], 5)
     lines += ["", "| inference | amp | ms/image single scale | ms/image TTA (passes) | images/s "
               "| peak GB |", "|---|---|---|---|---|---|"]
-    for r in res["inference"]:
-        if "single_ms" not in r:
-            lines.append(f"| | {r['amp']} | skipped: {r['skipped']} | | | |")
-            continue
-        lines.append(f"| | {r['amp']} | {r['single_ms']:.1f} | {r['tta_ms']:.1f} "
-                     f"({r['tta_passes']}) | {r['images_per_s']:.2f} | "
-                     f"{_f(r['peak_mem_gb'], '.2f')} |")
+    lines += _rows(res["inference"], "single_ms", lambda r: ["", r["amp"]], lambda r: [
+        f"{r['single_ms']:.1f}", f"{r['tta_ms']:.1f} ({r['tta_passes']})",
+        f"{r['images_per_s']:.2f}", _f(r["peak_mem_gb"], ".2f")], 4)
     s = res["summary"]
     lines.append("")
     if "online_over_cached_step" in s:

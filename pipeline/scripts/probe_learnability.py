@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 @click.option("--out-dir", default=None, type=click.Path(), help="where to generate (default: temp dir)")
 def main(train_images, val_images, epochs, threads, batch_size, lr, image_size, seed, out_dir):
     from pdsl.datasets import synthetic
-    from pdsl.pretrain import pretrain_backbone
+    from pdsl.engine.pretrain import pretrain_backbone
 
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="pdsl_probe_") as tmp:

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .io import atomic_path, read_image
-from .manifest import load_manifest
+from ..errors import ConfigError
+from ..io import atomic_path, read_image
+from ..manifest import load_manifest
 
 
 def _load(manifest, size: int):
@@ -46,8 +46,8 @@ def pretrain_backbone(manifest_path, out, backbone: str = "tiny", epochs: int = 
     batches move)."""
     import click
 
-    from .evaluation import image_level_map
-    from .model.backbone import build_backbone
+    from ..evaluation import image_level_map
+    from ..model.backbone import build_backbone
 
     torch.set_num_threads(threads)
     device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()

@@ -26,7 +26,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
-from .cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK
+from .store import STATUS_EMPTY, STATUS_FULL, STATUS_OK
 
 MASK_SIZE = 28  # online masks are M x M in their box frame (the mask head's output size)
 
@@ -36,7 +36,7 @@ def _grabcut_one(small: np.ndarray, box_small: np.ndarray, mask_size: int,
     """GrabCut one box on an image already at the online resolution (worker entry point)."""
     import cv2
 
-    from .cues.seeds import grabcut_online
+    from .seeds import grabcut_online
 
     cv2.setNumThreads(1)
     cv2.setRNGSeed(0)  # GrabCut's k-means init draws from OpenCV's RNG: same box, same mask
@@ -171,7 +171,7 @@ def fill_online_targets(model, images, proposals, proposal_scores, targets, grab
     import torch
     from torchvision.ops import box_iou
 
-    from .model.seeds import select_seeds
+    from ..model.seeds import select_seeds
 
     net = getattr(model, "module", model)  # DDP wrapper
     last = _last_head_scores(net, images, proposals, proposal_scores)

@@ -88,7 +88,7 @@ def _bits(flags: np.ndarray) -> np.ndarray:
 class VOCAccumulator:
     """Collects per-image matches and gives per-class VOC AP at each threshold.
 
-    Memory is bounded: one 32-byte row per detection goes to a :class:`~pdsl.spool.RowSpool`
+    Memory is bounded: one 32-byte row per detection goes to a :class:`~pdsl.evaluation.spool.RowSpool`
     (a temporary file); no mask is kept."""
 
     def __init__(self, num_classes: int, thresholds):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .cues.seeds import paste_mask
-from .cues.store import STATUS_OK
-from .io import atomic_path, read_image
+from ..boxes import paste_mask
+from ..cues.store import STATUS_OK
+from ..io import atomic_path, read_image
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
             (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190),
@@ -50,7 +50,7 @@ def draw_predictions(image, boxes, labels, scores, masks, names, alpha=0.45):
 
 
 def _gt_panel(image, manifest, img):
-    from .cues.report import gt_instances
+    from ..cues.report import gt_instances
 
     boxes, masks, cats = gt_instances(manifest, img)
     labels = [manifest.cat_id_to_index[int(c)] for c in cats]

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import config_from_dict
-from .errors import ConfigError, DataError, PDSLError
+from ..config import config_from_dict
+from ..errors import ConfigError, DataError, PDSLError
 from .inference import TestParams, predict_image
-from .io import read_image, write_json_atomic
-from .manifest import load_manifest
+from ..io import read_image, write_json_atomic
+from ..manifest import load_manifest
 
 
 def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
@@ -50,18 +50,21 @@ def _device(name="auto"):
     return name
 
 
-def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=None,
-                 max_images: int | None = None, device: str = "auto", report: bool = True) -> dict:
+def evaluate_run(run_dir, manifest, cues, tta: bool = False, out_dir=None,
+                 max_images: int | None = None, device: str = "auto", report: bool = True,
+                 curve: int = 0) -> dict:
     """Predict every image of the manifest (proposals from the cue cache), score with pycocotools
     as the images come, write ``coco_instances_results.json`` (incrementally), ``metrics.json``
     and (``report``) ``report.md``. Memory does not grow with the number of images: each image's
-    masks are RLE-encoded and matched, then dropped (only the report's few samples are kept)."""
-    from .cues.store import CueStore
+    masks are RLE-encoded and matched, then dropped (only the report's few samples are kept).
 
+    ``manifest`` and ``cues`` are paths or the loaded :class:`Manifest` and :class:`CueStore`;
+    each is read once. ``curve`` > 0 first scores every checkpoint on that many images
+    (:func:`ap_curve`), so the report draws the AP curve."""
     device = _device(device)
-    manifest = load_manifest(manifest_path)
-    store = CueStore(cues_path)
-    store.check_manifest(manifest, require_bank=False)
+    manifest, store = _open_split(manifest, cues)
+    if curve:
+        ap_curve(run_dir, manifest, store, max_images=curve, device=device)
     model, cfg, names, ckpt_path = load_run(run_dir, manifest.class_names, device)
     params = TestParams.from_config(cfg, tta)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "eval" / manifest.split
@@ -83,13 +86,13 @@ def evaluate_run(run_dir, manifest_path, cues_path, tta: bool = False, out_dir=N
                "split": manifest.split, "tta": tta, "scales": list(params.scales),
                "flip": params.flip, "images": n, "seconds_per_image": secs / max(n, 1)}
     if scores is not None:
-        from .evaluation import PROTOCOLS
+        from ..evaluation import PROTOCOLS
 
         metrics.update(scores)
         metrics["protocols"] = dict(PROTOCOLS)
     write_json_atomic(json_safe(metrics), out_dir / "metrics.json", indent=2)
     if report:
-        from .report import write_report
+        from ..evaluation.report import write_report
 
         write_report(out_dir, Path(run_dir), manifest, store, kept, metrics)
     return metrics
@@ -101,7 +104,7 @@ REPORT_SAMPLES = 6
 
 def subset_manifest(manifest, images):
     """The manifest restricted to ``images`` (and their annotations)."""
-    from .manifest import Manifest
+    from ..manifest import Manifest
 
     keep = {i["id"] for i in images}
     return Manifest(path=manifest.path, info=manifest.info, images=list(images),
@@ -117,8 +120,8 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
     prediction} for the ids in keep)``."""
     import click
 
-    from .evaluation import Evaluator
-    from .io import JsonListWriter
+    from ..evaluation import Evaluator
+    from ..io import JsonListWriter
 
     ev = Evaluator(manifest, keep_results=False) if manifest.has_gt else None
     cat_ids = [c["id"] for c in manifest.categories]
@@ -157,18 +160,27 @@ def json_safe(obj):
     return obj
 
 
-def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: str = "auto") -> Path:
+def _open_split(manifest, cues):
+    """The split's manifest and cue cache (each a path or already loaded), checked to match."""
+    from ..cues.store import CueStore
+    from ..manifest import Manifest
+
+    manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+    store = cues if isinstance(cues, CueStore) else CueStore(cues)
+    store.check_manifest(manifest, require_bank=False)
+    return manifest, store
+
+
+def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto") -> Path:
     """AP50 of every checkpoint of a run on the first ``max_images`` images (single scale):
-    ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report."""
+    ``RUN_DIR/ap_curve.jsonl``, one line per checkpoint, plotted by the report. ``manifest`` and
+    ``cues``: paths, or the loaded :class:`Manifest` and :class:`CueStore`."""
     import click
 
-    from .cues.store import CueStore
-    from .evaluation import Evaluator
+    from ..evaluation import Evaluator
 
     device = _device(device)
-    manifest = load_manifest(manifest_path)
-    store = CueStore(cues_path)
-    store.check_manifest(manifest, require_bank=False)
+    manifest, store = _open_split(manifest, cues)
     images = manifest.images[:max_images]
     sub = subset_manifest(manifest, images)
     ckpts = sorted((Path(run_dir) / "checkpoints").glob("model_*.pth"))
@@ -194,7 +206,7 @@ def ap_curve(run_dir, manifest_path, cues_path, max_images: int = 50, device: st
                    f"{row['box_AP50']:.1f}, classification mAP {row['cls_mAP']:.1f}", err=True)
         lines.append(json.dumps(json_safe(row)))
     out = Path(run_dir) / "ap_curve.jsonl"
-    from .io import atomic_path
+    from ..io import atomic_path
 
     with atomic_path(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -222,7 +234,7 @@ def run_category_ids(run_dir, names, manifest_path=None) -> list[int]:
     """The category id of each class index of a run: the manifest's ids, as ``RUN/run.json``
     recorded them at training time (or as ``manifest_path`` gives them, for a run made before
     run.json existed). Refuses categories whose names are not the run's classes."""
-    from .rundir import run_categories
+    from ..rundir import run_categories
 
     if manifest_path is not None:
         cats, where = load_manifest(manifest_path).categories, f"manifest {manifest_path}"
@@ -248,8 +260,8 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
     :func:`run_category_ids`). An unreadable image is reported and skipped."""
     import click
 
-    from .proposals import make_source
-    from .report import draw_predictions
+    from ..proposals import make_source
+    from ..evaluation.report import draw_predictions
 
     device = _device(device)
     model, cfg, names, _ = load_run(run_dir, None, device)

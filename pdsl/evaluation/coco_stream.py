@@ -5,7 +5,7 @@ image's GT and detections only) and ``accumulate`` then needs, per (category, ar
 scores, match flags and ignore flags of the detections of every image, in image order, and the
 number of non-ignored GT instances. :class:`StreamingCOCOeval` runs pycocotools' own
 ``evaluate`` on each image as it comes (a one-image ``COCO`` of GT and of results), keeps one
-24-byte row per (detection, area range) in a :class:`~pdsl.spool.RowSpool` (spilled to a
+24-byte row per (detection, area range) in a :class:`~pdsl.evaluation.spool.RowSpool` (spilled to a
 temporary file, so memory stays bounded) and drops everything else, masks included.
 :meth:`StreamingCOCOeval.finish` gives pycocotools' own ``accumulate``, one category at a time,
 those rows as one entry per area range (all images' detections concatenated in image order,

@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .amp import autocast, effective_amp, grad_scaler
-from .config import dump_config, load_config, save_config, to_dict
-from .data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log,
+from ..amp import autocast, effective_amp, grad_scaler
+from ..config import dump_config, load_config, save_config, to_dict
+from ..data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log,
                    single_threaded_opencv, worker_init)
-from .errors import ConfigError, PDSLError
-from .io import atomic_path
-from .rundir import check_run_dir, record_run
+from ..errors import ConfigError, PDSLError
+from ..io import atomic_path
+from ..rundir import check_run_dir, record_run
 
 CHECKPOINT_FORMAT = 1
 
@@ -48,7 +48,7 @@ class TrainingDiverged(PDSLError):
 # -- pieces ----------------------------------------------------------------------------------------
 def build_model(cfg, num_classes: int):
     """PDSLNet from the ``model`` section (keys are the constructor's arguments)."""
-    from .model import PDSLNet
+    from ..model import PDSLNet
 
     return PDSLNet(num_classes, **cfg.model)
 
@@ -207,7 +207,7 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
         cue_time += batch["cue_time"]
         net = getattr(model, "module", model)  # under DDP
         if ctx.online is not None and not getattr(net, "handles_online_cues", False):
-            from .online_cues import fill_online_targets
+            from ..cues.online import fill_online_targets
 
             c = ctx.cfg.cues
             cue_time += fill_online_targets(model, images, proposals, scores, targets, ctx.online,
@@ -286,8 +286,8 @@ def train(config_path, manifest, cues, out_dir, max_iter: int | None = None, res
         overrides: ``"section.key=value"`` strings.
     Launched by ``torchrun`` (WORLD_SIZE > 1), each process trains a DDP replica; rank 0 writes.
     """
-    from .cues.store import CueStore
-    from .manifest import load_manifest
+    from ..cues.store import CueStore
+    from ..manifest import load_manifest
 
     overrides = list(overrides) + ([("solver.max_iter", int(max_iter))] if max_iter else [])
     cfg = load_config(config_path, overrides)
@@ -389,7 +389,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
 
     online = None
     if cfg.cues.source == "online":
-        from .online_cues import OnlineGrabCut
+        from ..cues.online import OnlineGrabCut
 
         c = cfg.cues
         online = OnlineGrabCut(c.online_workers, c.online_long_side, c.online_iterations)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .amp import autocast, effective_amp
-from .cues.seeds import paste_mask
-from .data import flip_boxes, inference_view, normalize_image
+from ..amp import autocast, effective_amp
+from ..boxes import paste_mask
+from ..data import flip_boxes, inference_view, normalize_image
 
 
 @dataclass

@@ -1,0 +1,4 @@
+"""The stages' engines: train, pretrain the backbone, run inference, evaluate a run.
+
+The top layer: these modules may import everything below them; nothing else in ``pdsl`` imports
+them (``cli.py``, ``pipeline/`` and the tests do)."""
