@@ -357,3 +357,16 @@ def test_acl_with_matched_target_hand_value():
                                                                    "matched_top"))
     loss_own = activation_correlation_loss(a, detection_activation(SCORES, cls, matched, fg, "own"))
     assert close(loss_top, 0.2) and close(loss_own, (0.3 + 0.3) / 2)
+
+
+def test_acl_target_fixes_the_foreground_fraction_of_a_binary_mask():
+    # Diagnosis of issue 9: for a 0/1 mask with foreground fraction f, eq. 7 gives
+    # a = (1/τ) ln(f e^τ + 1 - f), so ACL (eq. 8) pulls the mask toward f = (e^{τ â} - 1)/(e^τ - 1):
+    # a top-box score â = 0.3 asks for 2.4 % of the box, 0.9 for 60 %.
+    for f, a_hand in ((0.6, math.log(0.6 * math.exp(5) + 0.4) / 5),
+                      (0.024, math.log(0.024 * math.exp(5) + 0.976) / 5)):
+        m = torch.zeros(1, 1, 1000)
+        m[..., :round(f * 1000)] = 1
+        assert close(instance_activation(m, tau=5.0)[0], a_hand, 1e-4)
+    assert close(math.log(0.6 * math.exp(5) + 0.4) / 5, 0.9, 2e-3)
+    assert close(math.log(0.024 * math.exp(5) + 0.976) / 5, 0.3, 5e-3)
