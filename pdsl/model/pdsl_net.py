@@ -6,7 +6,7 @@ Inference is three calls, so that masks are only computed for the boxes that sur
 
     model.eval()
     with torch.no_grad():
-        feats = model.backbone(images)                         # [B, Cf, H/16, W/16]
+        feats = model.backbone(images)                         # [B, Cf, H/s, W/s], s = 16 or 8
         dets = model.detect(feats, proposals, proposal_scores)  # per image boxes/scores
         ...  # per class: NMS on dets[i]["boxes"][:, c], dets[i]["scores"][:, c]
         probs = model.predict_masks(feats, kept_boxes, kept_labels)  # [ΣK, 28, 28]
