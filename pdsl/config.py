@@ -28,9 +28,17 @@ DEFAULTS_PATH = Path(__file__).with_name("defaults.yaml")
 CHOICES = {
     "cues.source": ("cache", "online"),
     "solver.optimizer": ("sgd", "adamw"),
-    "cues.degenerate": ("ignore", "keep"),
+    "cues.degenerate": ("box", "ignore", "keep"),
     "cues.reproject": ("auto", "warp", "cut"),
     "cues.seed_source": ("bank", "mcg"),
+    "model.mil_reduction": ("mean", "sum"),
+    "model.refine_pseudo_box": ("regressed", "raw"),
+    "model.refine_weight": ("image_score", "top_score"),
+    "model.refine_box_loss": ("weighted_l1", "smooth_l1", "none"),
+    "model.mask_targets": ("binary", "soft"),
+    "model.mask_specific_weight": ("none", "image_score"),
+    "model.acl_target": ("matched_top", "own"),
+    "model.box_pooler": ("roipool", "roialign"),
     "train.device": ("auto", "cpu", "cuda"),
     "solver.amp": ("off", "fp16", "bf16"),
 }
@@ -205,6 +213,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config: input.max_proposals must be >= 1, got {i.max_proposals}")
     if len(i.pixel_mean) != 3 or len(i.pixel_std) != 3:
         raise ConfigError("config: input.pixel_mean and input.pixel_std need 3 values (RGB)")
+    if not 0 < i.test_nms <= 1:
+        raise ConfigError(f"config: input.test_nms must be in (0, 1], got {i.test_nms}")
+    if not 0 <= cfg.model.freeze_at <= 5:
+        raise ConfigError(f"config: model.freeze_at must be in 0..5 (5 = whole backbone), got "
+                          f"{cfg.model.freeze_at}")
     if cfg.train.checkpoint_period < 1 or cfg.train.log_period < 1:
         raise ConfigError("config: train.checkpoint_period and train.log_period must be >= 1")
 

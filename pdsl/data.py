@@ -90,9 +90,28 @@ def sample_rng(seed: int, step: int, slot: int, index: int) -> np.random.Generat
 
 def bank_valid_mask(status: np.ndarray, degenerate: str) -> np.ndarray:
     """``bool [B]``: which bank masks may be used as targets (``cues.degenerate``)."""
-    if degenerate == "keep":
+    if degenerate in ("keep", "box"):
         return np.ones(len(status), bool)
     return ~np.isin(status, (STATUS_EMPTY, STATUS_FULL))
+
+
+def degenerate_to_box(masks: np.ndarray, status: np.ndarray, degenerate: str) -> np.ndarray:
+    """``cues.degenerate: box`` (the authors' code: ``binary_mask_to_polygon2`` turns a GrabCut
+    result without foreground into its box's polygon): every EMPTY bank mask becomes the filled
+    box (all foreground in its own box frame; 255 for uint8 masks, 1 for float). FULL masks are
+    the filled box already and stay. Other modes return ``masks`` unchanged.
+
+    Args: masks ``[B, M, M]`` (uint8 0..255 or float 0..1) in their bank-box frames; status
+    ``uint8 [B]`` (``STATUS_*``). Returns a new array when anything changed.
+    """
+    if degenerate != "box" or not len(status):
+        return masks
+    empty = np.asarray(status) == STATUS_EMPTY
+    if not empty.any():
+        return masks
+    out = np.array(masks, copy=True)
+    out[empty] = 255 if out.dtype == np.uint8 else 1
+    return out
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -247,7 +266,8 @@ class TrainDataset(torch.utils.data.Dataset):
                     frame[near] = cues.bank_boxes[rows[near]]
             off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
             bank_boxes = (frame - off) * np.array([sx, sy, sx, sy], np.float32)
-            bank_masks = cues.bank_masks[used]
+            bank_masks = degenerate_to_box(cues.bank_masks[used], cues.bank_status[used],
+                                           self.degenerate)
             valid = bank_valid_mask(cues.bank_status[used], self.degenerate)
             if do_flip:
                 bank_boxes = flip_boxes(bank_boxes, nw)

@@ -38,10 +38,58 @@ def test_defaults_have_the_paper_values():
     assert cfg.model.acl is True and cfg.model.tau == 5.0 and cfg.model.dropout == 0.5
     assert cfg.input.train_scales == list(range(480, 1217, 32))
     assert cfg.input.test_scales == list(range(480, 1153, 96))
-    assert (cfg.input.hsv_jitter, cfg.input.crop, cfg.input.max_proposals) == (1.5, 0.9, 2000)
+    assert (cfg.input.hsv_jitter, cfg.input.crop) == (1.5, 0.9)
     s = cfg.solver
     assert (s.base_lr, s.momentum, s.weight_decay, s.gamma) == (0.01, 0.9, 0.0005, 0.1)
-    assert (s.steps, s.max_iter, s.images_per_step, s.images_per_gpu) == ([70000], 100000, 4, 1)
+    assert (s.images_per_step, s.images_per_gpu) == (4, 1)
+
+
+def test_defaults_have_the_authors_code_values():
+    """Where the authors' code (pdsl_WSR_50_DC5_1x.yaml and its bases) differs from the paper's
+    text, the default is the code's (issue 9)."""
+    cfg = default_config()
+    m = cfg.model
+    assert (m.backbone, m.freeze_at, m.fc6_dim, m.hidden_dim, m.box_pooler) == (
+        "resnet50_ws", 5, 2048, 4096, "roipool")
+    assert (m.mil_reduction, m.refine_pseudo_box, m.refine_weight, m.refine_box_loss) == (
+        "mean", "regressed", "image_score", "weighted_l1")
+    assert (m.mask_targets, m.empty_mask_to_box, m.mask_specific_weight) == ("binary", True, "none")
+    assert (m.acl_target, m.acl_agnostic, m.seed_match_iou) == ("matched_top", True, 0.0)
+    assert cfg.cues.degenerate == "box"
+    assert (cfg.input.max_proposals, cfg.input.test_nms) == (4000, 0.3)
+    s = cfg.solver
+    assert (s.steps, s.max_iter, s.warmup_iters, s.amp) == ([35000, 50000], 60000, 0, False)
+    assert (s.bias_lr_factor, s.weight_decay_bias) == (2.0, 0.0)
+
+
+@pytest.mark.parametrize("override,msg", [
+    ("model.mask_targets=hard", "model.mask_targets must be one of binary, soft"),
+    ("model.acl_target=mine", "model.acl_target must be one of matched_top, own"),
+    ("cues.degenerate=drop", "cues.degenerate must be one of box, ignore, keep"),
+    ("model.freeze_at=6", "model.freeze_at must be in 0..5"),
+    ("input.test_nms=0", "input.test_nms must be in"),
+])
+def test_issue9_switches_reject_bad_values(override, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(None, [override])
+
+
+def test_optimizer_bias_group_and_test_nms():
+    import torch
+
+    from pdsl.inference import TestParams
+    from pdsl.train import build_optimizer
+
+    cfg = load_config(None, ["solver.base_lr=0.01"])
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    net[0].requires_grad_(False)
+    opt = build_optimizer(cfg, net)
+    weights, biases = opt.param_groups
+    assert [p is net[1].weight for p in weights["params"]] == [True]
+    assert [p is net[1].bias for p in biases["params"]] == [True]
+    assert (weights["lr"], weights["weight_decay"]) == (0.01, 0.0005)
+    assert (biases["lr"], biases["weight_decay"]) == (0.02, 0.0)
+    assert TestParams.from_config(cfg, tta=False).nms == 0.3
 
 
 def test_unknown_key_in_file_lists_valid_keys(tmp_path):
@@ -112,7 +160,12 @@ def test_save_load_roundtrip_and_pickle(tmp_path):
 def test_run_configs_load(name):
     cfg = load_config(CONFIGS / name)
     assert cfg.solver.images_per_step % cfg.solver.images_per_gpu == 0
-    if name == "coco_r50.yaml":
-        assert cfg.solver.max_iter == 240000 and cfg.solver.steps == [168000]
-    if name == "voc2012_r50.yaml":
-        assert cfg.model.backbone == "resnet50" and cfg.solver.steps == [70000]
+    if name == "coco_r50.yaml":  # the authors' COCO schedule, no box regression
+        assert cfg.solver.max_iter == 240000 and cfg.solver.steps == [140000, 200000]
+        assert cfg.model.refine_box_loss == "none" and cfg.model.refine_pseudo_box == "raw"
+    if name == "voc2012_r50.yaml":  # the authors' VOC 2012 schedule
+        assert cfg.solver.max_iter == 60000 and cfg.solver.steps == [35000, 50000]
+    if name != "demo.yaml":  # frozen ResNet-WS, FCs 2048/4096, 4,000 proposals (authors)
+        m = cfg.model
+        assert (m.backbone, m.freeze_at, m.fc6_dim, m.hidden_dim) == ("resnet50_ws", 5, 2048, 4096)
+        assert cfg.input.max_proposals == 4000 and cfg.input.test_nms == 0.3

@@ -135,7 +135,8 @@ def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
     cues.reproject_iou, else warp. All through crop, rescale and flip."""
     manifest, cues = tiny
     ds = _dataset(tiny, "input.crop=0.5", "input.min_proposal_size=3.0", "input.flip=true",
-                  f"cues.reproject={reproject}", "cues.reproject_iou=0.5")
+                  f"cues.reproject={reproject}", "cues.reproject_iou=0.5",
+                  "cues.degenerate=keep")  # raw bank masks, to compare with the cache
     store = CueStore(cues)
     dropped = 0
     for step in range(6):
@@ -222,15 +223,29 @@ def _expected_own_boxes(s, store):
 def test_degenerate_masks_ignored_or_kept(tiny):
     manifest, cues = tiny
     store = CueStore(cues)
-    for mode in ("ignore", "keep"):
-        s = _dataset(tiny, f"cues.degenerate={mode}")[2]
-        status = store.get(s["image_id"]).bank_status[
-            store.get(s["image_id"]).bank_row[s["proposal_index"]]]
+    samples = [(mode, i) for mode in ("ignore", "keep", "box") for i in range(5)]
+    n_empty = 0
+    for mode, i in samples:
+        s = _dataset(tiny, f"cues.degenerate={mode}")[i]
+        c = store.get(s["image_id"])
+        status = c.bank_status[c.bank_row[s["proposal_index"]]]
         valid = s["bank_valid"][s["proposal_to_bank"]]
-        if mode == "keep":
+        masks = s["bank_masks"][s["proposal_to_bank"]]
+        raw = c.bank_masks[c.bank_row[s["proposal_index"]]]
+        if s["flipped"]:
+            raw = raw[:, :, ::-1]
+        if mode in ("keep", "box"):
             assert valid.all()
         else:
             np.testing.assert_array_equal(valid, ~np.isin(status, (STATUS_EMPTY, STATUS_FULL)))
+        empty = status == STATUS_EMPTY
+        n_empty += int(empty.sum())
+        if mode == "box":  # the authors' fallback: an empty GrabCut mask is the filled box
+            assert (masks[empty] == 255).all()
+            np.testing.assert_array_equal(masks[~empty], raw[~empty])
+        else:
+            np.testing.assert_array_equal(masks, raw)
+    assert n_empty > 0  # the fixture has empty GrabCut results, so "box" was exercised
 
 
 def test_samples_are_a_function_of_seed_step_slot_index(tiny):

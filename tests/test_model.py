@@ -1,12 +1,15 @@
 """Backbones, seed selection / mask re-projection, and PDSLNet end to end on tiny inputs."""
 import itertools
 
+import numpy as np
+
 import pytest
 import torch
 import torchvision
 
 from pdsl.errors import ConfigError
 from pdsl.model import LOSS_KEYS, PDSLNet, build_backbone
+from pdsl.model.backbone import freeze_backbone
 from pdsl.model.seeds import reproject_masks, seed_mask_targets, select_seeds
 
 torch.set_num_threads(1)
@@ -204,8 +207,10 @@ def test_table1_switches(n_refine, n_mask, acl):
     assert all(torch.isfinite(v) for v in losses.values())
     if n_refine == 0:
         assert losses["loss_refine"].item() == 0.0
-    if n_mask == 0 or not acl:
+    if not acl:
         assert losses["loss_acl"].item() == 0.0
+    else:  # the authors' ACL includes M^0, so it is on even without class-specific heads
+        assert losses["loss_acl"].item() > 0.0
     if n_mask == 0:
         assert losses["loss_mask_specific"].item() == 0.0
     sum(losses.values()).backward()
@@ -260,3 +265,155 @@ def test_bad_inputs_name_the_shape():
         model(images, props, scores, targets)
     with pytest.raises(ConfigError, match="n_refine"):
         PDSLNet(3, backbone="tiny", n_refine=-1)
+
+
+# ================================================================ issue 9
+# ---------------------------------------------------------------- ResNet-WS
+@pytest.mark.parametrize("name,channels", [("resnet18_ws", 512), ("resnet50_ws", 2048),
+                                           ("tiny_ws", 128)])
+def test_backbone_ws_output_stride_8(name, channels):
+    bb = build_backbone(name).eval()
+    with torch.no_grad():
+        f = bb(torch.randn(1, 3, 64, 96))
+    assert bb.stride == 8 and bb.out_channels == channels and f.shape == (1, channels, 8, 12)
+
+
+@pytest.mark.parametrize("depth", [18, 50, 101])
+def test_backbone_ws_has_torchvision_parameters(depth):
+    # max-pooling adds no parameters: names and shapes are torchvision's (minus fc)
+    ref = getattr(torchvision.models, f"resnet{depth}")(weights=None).state_dict()
+    own = build_backbone(f"resnet{depth}_ws").state_dict()
+    strip = lambda d: {k: tuple(v.shape) for k, v in d.items()  # noqa: E731
+                       if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    assert strip(own) == strip(ref)
+
+
+def test_backbone_ws_loads_torchvision_state_dict_and_is_unstrided(tmp_path):
+    ref = torchvision.models.resnet18(weights=None)
+    with torch.no_grad():
+        ref.layer4[1].bn2.running_var.uniform_(0.5, 2)
+    path = tmp_path / "r18.pth"
+    torch.save(ref.state_dict(), path)
+    bb = build_backbone("resnet18_ws", pretrained=str(path))
+    for k, v in bb.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+    # the strided convs became stride 1; res4/res5 3x3 convs dilated by 2
+    assert bb.layer2[0].conv1.stride == (1, 1) and bb.layer2[0].downsample[0].stride == (1, 1)
+    assert bb.layer3[0].conv1.dilation == (2, 2) and bb.layer4[1].conv2.dilation == (2, 2)
+    assert bb.layer2[0].conv1.dilation == (1, 1)
+
+
+def test_backbone_tiny_ws_loads_a_tiny_pretrain_file(tmp_path):
+    tiny = build_backbone("tiny", frozen_bn=False)
+    path = tmp_path / "tiny.pth"
+    torch.save({"model": tiny.state_dict()}, path)
+    ws = build_backbone("tiny_ws", pretrained=str(path))
+    assert torch.equal(ws.body[0].weight, tiny.body[0].weight)
+
+
+def test_freeze_at_5_freezes_the_whole_backbone():
+    bb = build_backbone("resnet18_ws", freeze_at=5)
+    assert not any(p.requires_grad for p in bb.parameters())
+    bb = build_backbone("resnet18_ws", frozen_bn=False, freeze_at=3)  # stem, res2, res3
+    assert not bb.conv1.weight.requires_grad and not bb.layer2[1].conv2.weight.requires_grad
+    assert bb.layer3[0].conv1.weight.requires_grad and bb.layer4[0].conv1.weight.requires_grad
+    tiny = build_backbone("tiny", freeze_at=5)
+    assert not any(p.requires_grad for p in tiny.parameters())
+    with pytest.raises(ConfigError, match="freeze_at"):
+        build_backbone("tiny", freeze_at=2)
+    with pytest.raises(ConfigError, match="0..5"):
+        freeze_backbone(bb, 6)
+
+
+def test_model_frozen_backbone_gets_no_gradient_and_uses_stride_8():
+    model = _tiny(backbone="tiny_ws", freeze_at=5).train()
+    assert model.box_head.spatial_scale == 1 / 8 and model.mask_head.spatial_scale == 1 / 8
+    losses = model(*_batch([[1, 0, 1]]))
+    sum(losses.values()).backward()
+    assert all(p.grad is None for p in model.backbone.parameters())
+    assert model.box_head.fc6.weight.grad is not None
+
+
+def test_box_head_fc_widths_and_pooler():
+    model = _tiny(hidden_dim=48, fc6_dim=32, box_pooler="roialign")
+    assert model.box_head.fc6.out_features == 32 and model.box_head.fc7.in_features == 32
+    assert model.box_head.fc7.out_features == 48
+    losses = model.train()(*_batch([[1, 0, 0]]))
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("key,value", [("mask_targets", "hard"), ("acl_target", "mine"),
+                                       ("refine_box_loss", "giou"), ("mil_reduction", "max")])
+def test_model_switches_reject_bad_values(key, value):
+    with pytest.raises(ConfigError, match=key):
+        _tiny(**{key: value})
+
+
+# ---------------------------------------------------------------- M^0 in ACL, switches
+def test_acl_includes_agnostic_head():
+    torch.manual_seed(0)
+    batch = _batch([[1, 1, 0]], P=12)
+    on = _tiny(n_mask=0, acl_agnostic=True).train()
+    loss = on(*batch)["loss_acl"]
+    assert loss.item() > 0
+    loss.backward()
+    assert on.mask_head.agnostic.weight.grad.abs().sum() > 0   # ACL reaches M^0
+    off = _tiny(n_mask=0, acl_agnostic=False).train()
+    assert off(*batch)["loss_acl"].item() == 0.0                # paper: m = 1..n_m only
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),  # the authors' defaults
+    dict(mil_reduction="sum", refine_pseudo_box="raw", refine_weight="top_score",
+         refine_box_loss="smooth_l1", mask_targets="soft", mask_specific_weight="image_score",
+         acl_target="own", acl_agnostic=False, seed_match_iou=0.5),   # the paper's text
+    dict(refine_box_loss="none"),
+])
+def test_model_variants_train(variant):
+    model = _tiny(n_refine=2, n_mask=2, **variant).train()
+    losses = model(*_batch([[1, 0, 1], [0, 1, 0]]))
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+
+
+def test_mil_mean_is_sum_over_classes():
+    batch = _batch([[1, 0, 1]])
+    mean = _tiny(mil_reduction="mean").train()(*batch)["loss_mil"]
+    summed = _tiny(mil_reduction="sum").train()(*batch)["loss_mil"]
+    assert torch.allclose(summed, mean * C, rtol=1e-5)
+
+
+# ---------------------------------------------------------------- seeds around regressed boxes
+def test_select_seeds_around_regressed_box():
+    props = torch.tensor([[0, 0, 10, 10], [20, 0, 30, 10], [21, 0, 31, 10], [0, 0, 11, 10]],
+                         dtype=torch.float32)
+    scores = torch.tensor([[0.9], [0.1], [0.0], [0.0]])
+    labels = torch.tensor([1.0])
+    assert select_seeds(scores, props, labels, n_seed=2).tolist() == [0, 3]
+    pb = props[:, None, :].clone()
+    pb[0, 0] = torch.tensor([20.0, 0, 30, 10])       # p0's regressed box moved onto p1
+    assert select_seeds(scores, props, labels, n_seed=2, pseudo_boxes=pb).tolist() == [1, 2]
+
+
+# ---------------------------------------------------------------- filled-box fallback
+def test_degenerate_bank_masks_become_the_filled_box():
+    from pdsl.cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK
+    from pdsl.data import bank_valid_mask, degenerate_to_box
+
+    masks = np.zeros((3, 4, 4), np.uint8)
+    masks[0, :2] = 255
+    masks[2] = 255
+    status = np.array([STATUS_OK, STATUS_EMPTY, STATUS_FULL], np.uint8)
+    out = degenerate_to_box(masks, status, "box")
+    assert (out[0] == masks[0]).all() and (out[1] == 255).all() and (out[2] == 255).all()
+    assert (masks[1] == 0).all()                               # input untouched
+    assert bank_valid_mask(status, "box").tolist() == [True, True, True]
+    assert bank_valid_mask(status, "ignore").tolist() == [True, False, False]
+    assert degenerate_to_box(masks, status, "ignore") is masks
+    f = degenerate_to_box(np.zeros((1, 2, 2), np.float32), np.array([STATUS_EMPTY]), "box")
+    assert (f == 1).all()
+    # the model then trains the proposal on the filled box: target all ones in its frame
+    props = torch.tensor([[0, 0, 20, 20], [1, 1, 19, 19]], dtype=torch.float32)
+    t, v = seed_mask_targets(props, torch.tensor([0]), torch.from_numpy(out[1:2]),
+                             props[:1], torch.zeros(2, dtype=torch.long))
+    assert v.all() and torch.allclose(t, torch.ones_like(t))

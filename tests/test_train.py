@@ -25,7 +25,8 @@ from pdsl.errors import ConfigError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAST = ["model.backbone=tiny", "model.pretrained=null", "model.hidden_dim=32", "model.mask_dim=16",
+FAST = ["model.backbone=tiny", "model.pretrained=null", "model.freeze_at=0", "model.fc6_dim=null",
+        "model.hidden_dim=32", "model.mask_dim=16",
         "model.mask_per_image=8", "input.train_scales=[64]", "input.max_size=128",
         "input.max_proposals=12", "solver.warmup_iters=2", "solver.images_per_step=2",
         "solver.images_per_gpu=2", "train.num_workers=0", "train.threads=1", "train.device=cpu",
@@ -55,7 +56,8 @@ def test_twenty_steps_lower_the_loss(tiny, tmp_path):
     _train(tiny, tmp_path, "model.frozen_bn=false", "model.dropout=0.0", "input.crop=1.0",
            "input.flip=false",
            "input.hsv_jitter=1.0", "solver.base_lr=0.01", "solver.max_iter=20",
-           "solver.images_per_step=5", "solver.images_per_gpu=5")
+           "solver.images_per_step=5", "solver.images_per_gpu=5",
+           "model.mil_reduction=sum")  # eq. 2 as written: the mean's 1/C gradient needs > 20 SGD steps
     m = _metrics(tmp_path)
     assert [x["step"] for x in m] == list(range(1, 21))
     for key in ("lr", "loss_mil", "loss_refine", "loss_mask_agnostic", "total", "data_time",

@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from .store import STATUS_EMPTY, STATUS_FULL, STATUS_OK
+from ..data import degenerate_to_box
 
 MASK_SIZE = 28  # online masks are M x M in their box frame (the mask head's output size)
 
@@ -190,7 +191,8 @@ def fill_online_targets(model, images, proposals, proposal_scores, targets, grab
             to_bank = torch.zeros(P, dtype=torch.long, device=dev)
         else:
             status = mask_status(masks, empty_frac, full_frac)
-            valid = (np.ones(len(status), bool) if degenerate == "keep"
+            masks = degenerate_to_box(masks, status, degenerate)
+            valid = (np.ones(len(status), bool) if degenerate in ("keep", "box")
                      else ~np.isin(status, (STATUS_EMPTY, STATUS_FULL)))
             to_bank = box_iou(proposals[i].float(), proposals[i][seeds[i]].float()).argmax(1)
         t["bank_masks"] = torch.from_numpy(masks).to(dev)

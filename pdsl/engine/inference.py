@@ -2,7 +2,7 @@
 
 Test-time augmentation runs the network at every scale in ``scales`` (shorter side, px), each
 optionally also flipped; the refinement heads' mean scores (eq. 4) and class-specific boxes are
-mapped back to the ORIGINAL image frame and averaged over passes, then per-class NMS (0.5) keeps at
+mapped back to the ORIGINAL image frame and averaged over passes, then per-class NMS (``nms``) keeps at
 most ``max_det`` detections. Masks of the kept boxes come from the class-specific mask heads
 (mean of their logits), averaged over the same passes in each box's frame, and are pasted at image
 resolution.
@@ -24,7 +24,7 @@ class TestParams:
     scales: tuple = (480,)  # shorter side(s), px
     flip: bool = False  # also run the mirrored image
     max_size: int = 2000  # cap on the longer side, px
-    nms: float = 0.5  # per-class NMS IoU (§4.3)
+    nms: float = 0.5  # per-class NMS IoU (§4.3: 0.5; config input.test_nms, authors: 0.3)
     score_thresh: float = 1e-4  # drop detections below this score before NMS
     max_det: int = 100  # detections per image
     max_proposals: int = 2000
@@ -37,6 +37,7 @@ class TestParams:
         i = cfg.input
         scales = tuple(i.test_scales) if tta else (int(i.test_scales[len(i.test_scales) // 2]),)
         return cls(scales=scales, flip=bool(i.test_flip) and tta, max_size=i.max_size,
+                   nms=float(i.test_nms),
                    max_proposals=i.max_proposals, pixel_mean=tuple(i.pixel_mean),
                    pixel_std=tuple(i.pixel_std), amp=cfg.solver.amp)
 

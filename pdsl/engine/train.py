@@ -54,11 +54,18 @@ def build_model(cfg, num_classes: int):
 
 
 def build_optimizer(cfg, model):
+    """SGD (or AdamW) over the trainable parameters in two groups: weights (lr, weight_decay) and
+    biases (lr × ``bias_lr_factor``, ``weight_decay_bias``), as detectron2 / the authors' code."""
     s = cfg.solver
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in named if not n.endswith(".bias")],
+               "lr": s.base_lr, "weight_decay": s.weight_decay},
+              {"params": [p for n, p in named if n.endswith(".bias")],
+               "lr": s.base_lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias}]
+    groups = [g for g in groups if g["params"]]
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=s.base_lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(params, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
+        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay)
+    return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 
 def lr_factor(cfg):

@@ -1,7 +1,8 @@
-"""The heads of PDSL on top of the stride-16 feature map (paper §3.2–3.3, Fig. 2).
+"""The heads of PDSL on top of the backbone's feature map (paper §3.2–3.3, Fig. 2).
 
 All proposal boxes are ``x1y1x2y2`` in pixels of the resized image the network sees; RoIPool /
-RoIAlign map them to the feature map with ``spatial_scale = 1/16``. Proposals of a batch are
+RoIAlign map them to the feature map with ``spatial_scale = 1/stride`` (1/16, or 1/8 for
+ResNet-WS). Proposals of a batch are
 passed as a list (one ``[P_i, 4]`` tensor per image) and the outputs are concatenated in that
 order (``ΣP_i`` rows).
 """
@@ -14,7 +15,10 @@ from torchvision.ops import roi_align, roi_pool
 
 class BoxHead(nn.Module):
     """RoIPool 7×7 → FC → ReLU → dropout → FC → ReLU → dropout (shared by WSDDN and the
-    refinement heads). The paper's VGG-16 uses 4096-d FCs; ``hidden_dim`` defaults to 1024.
+    refinement heads). ``fc6_dim`` / ``hidden_dim`` are the two FC widths (the authors' code:
+    4096 / 4096 for ResNet-18, 2048 / 4096 for ResNet-50/101; ``fc6_dim=None`` = ``hidden_dim``).
+    ``pooler``: ``"roipool"`` (paper and authors' code) or ``"roialign"`` (sampling ratio 2,
+    aligned).
 
     ``score_scaling``: the pooled RoI features are multiplied by ``(proposal score + 1)`` before
     the FCs (the authors' code, ``roi_heads_pdsl.py``, does this with the proposal objectness, so
@@ -22,13 +26,18 @@ class BoxHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, hidden_dim: int = 1024, dropout: float = 0.5,
-                 pool_size: int = 7, spatial_scale: float = 1 / 16, score_scaling: bool = True):
+                 pool_size: int = 7, spatial_scale: float = 1 / 16, score_scaling: bool = True,
+                 fc6_dim: int | None = None, pooler: str = "roipool"):
         super().__init__()
+        if pooler not in ("roipool", "roialign"):
+            raise ValueError(f"BoxHead: pooler must be roipool or roialign, got {pooler!r}")
         self.pool_size = pool_size
         self.spatial_scale = spatial_scale
         self.score_scaling = score_scaling
-        self.fc6 = nn.Linear(in_channels * pool_size * pool_size, hidden_dim)
-        self.fc7 = nn.Linear(hidden_dim, hidden_dim)
+        self.pooler = pooler
+        fc6_dim = fc6_dim or hidden_dim
+        self.fc6 = nn.Linear(in_channels * pool_size * pool_size, fc6_dim)
+        self.fc7 = nn.Linear(fc6_dim, hidden_dim)
         self.drop = nn.Dropout(dropout)
         for fc in (self.fc6, self.fc7):
             nn.init.kaiming_uniform_(fc.weight, a=1)
@@ -38,7 +47,12 @@ class BoxHead(nn.Module):
                 proposal_scores: list[Tensor] | None) -> Tensor:
         """features [B, Cf, h, w] (feature-map frame), proposals list of [P_i, 4] (resized-image
         frame), proposal_scores list of [P_i] or None → box features [ΣP_i, hidden_dim]."""
-        x = roi_pool(features, proposals, self.pool_size, self.spatial_scale).flatten(1)
+        if self.pooler == "roipool":
+            x = roi_pool(features, proposals, self.pool_size, self.spatial_scale)
+        else:
+            x = roi_align(features, proposals, self.pool_size, self.spatial_scale,
+                          sampling_ratio=2, aligned=True)
+        x = x.flatten(1)
         if self.score_scaling and proposal_scores is not None:
             x = x * (torch.cat(proposal_scores).to(x.dtype) + 1)[:, None]
         x = self.drop(torch.relu(self.fc6(x)))

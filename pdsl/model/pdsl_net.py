@@ -6,7 +6,7 @@ Inference is three calls, so that masks are only computed for the boxes that sur
 
     model.eval()
     with torch.no_grad():
-        feats = model.backbone(images)                         # [B, Cf, H/16, W/16]
+        feats = model.backbone(images)                         # [B, Cf, H/s, W/s], s = 16 or 8
         dets = model.detect(feats, proposals, proposal_scores)  # per image boxes/scores
         ...  # per class: NMS on dets[i]["boxes"][:, c], dets[i]["scores"][:, c]
         probs = model.predict_masks(feats, kept_boxes, kept_labels)  # [ΣK, 28, 28]
@@ -24,15 +24,27 @@ import torch
 from torch import Tensor, nn
 
 from pdsl.errors import ConfigError
-from pdsl.losses import (activation_correlation_loss, decode_box_deltas, instance_activation,
-                         mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
-                         wsddn_mil_loss)
+from pdsl.losses import (activation_correlation_loss, decode_box_deltas, detection_activation,
+                         instance_activation, mask_self_training_loss, oicr_pseudo_labels,
+                         refinement_loss, wsddn_mil_loss)
 from pdsl.model.backbone import build_backbone
 from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
 from pdsl.model.seeds import seed_mask_targets, select_seeds
 
 LOSS_KEYS = ("loss_mil", "loss_refine", "loss_mask_agnostic", "loss_mask_specific", "loss_acl")
 
+# Switches between the paper's text and the authors' code (first value = the authors' code, the
+# default of pdsl/defaults.yaml; README "Paper vs authors' code" lists both).
+CHOICES = {
+    "mil_reduction": ("mean", "sum"),
+    "refine_pseudo_box": ("regressed", "raw"),
+    "refine_weight": ("image_score", "top_score"),
+    "refine_box_loss": ("weighted_l1", "smooth_l1", "none"),
+    "mask_targets": ("binary", "soft"),
+    "mask_specific_weight": ("none", "image_score"),
+    "acl_target": ("matched_top", "own"),
+    "box_pooler": ("roipool", "roialign"),
+}
 
 class PDSLNet(nn.Module):
     """Parallel detection-and-segmentation network.
@@ -52,7 +64,24 @@ class PDSLNet(nn.Module):
         mask_per_image: at most this many foreground proposals per image train the mask heads
             (random sample; speed cap).
         fg_iou: OICR foreground IoU for the refinement pseudo labels.
-        seed_match_iou: a proposal takes its nearest seed's mask only above this IoU.
+        seed_match_iou: a proposal takes its nearest seed's mask only at IoU ≥ this (0 = always,
+            the authors' code).
+        fc6_dim: width of the first box FC (None = hidden_dim).
+        mil_reduction: eq. 2 over classes: ``mean`` (authors) | ``sum`` (paper).
+        refine_pseudo_box: a refinement head's pseudo box is the previous head's ``regressed``
+            box (authors, ``REFINE_REG``) | the ``raw`` top proposal (OICR).
+        refine_weight: eq. 3 weight: WSDDN ``image_score`` y (paper and authors) | the previous
+            head's ``top_score`` (OICR).
+        refine_box_loss: ``weighted_l1`` (authors) | ``smooth_l1`` (paper, β = 1) | ``none``.
+        mask_targets: class-specific self-training targets ``binary`` (thresholded at 0.5,
+            authors; the GrabCut targets of M⁰ too) | ``soft`` (paper: probabilities).
+        empty_mask_to_box: with binary targets, an empty mask becomes the filled box (authors).
+        mask_specific_weight: class-specific BCE weight ``none`` (authors) | ``image_score`` y
+            (paper eq. 5).
+        acl_target: ``matched_top`` (the matched top box's score, authors) | ``own`` (the
+            proposal's own score, paper eq. 8).
+        acl_agnostic: ACL also on the class-agnostic head M⁰ (authors; eq. 6 sums m = 1..n_m).
+        box_pooler: ``roipool`` (paper, authors) | ``roialign``.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet18_trunc", n_refine: int = 4,
@@ -60,8 +89,30 @@ class PDSLNet(nn.Module):
                  hidden_dim: int = 1024, mask_dim: int = 256, score_scaling: bool = True,
                  pretrained=None, dropout: float = 0.5, frozen_bn: bool = True,
                  freeze_at: int = 0, mask_per_image: int = 64, fg_iou: float = 0.5,
-                 seed_match_iou: float = 0.5):
+                 seed_match_iou: float = 0.0, fc6_dim: int | None = None,
+                 mil_reduction: str = "mean", refine_pseudo_box: str = "regressed",
+                 refine_weight: str = "image_score", refine_box_loss: str = "weighted_l1",
+                 mask_targets: str = "binary", empty_mask_to_box: bool = True,
+                 mask_specific_weight: str = "none", acl_target: str = "matched_top",
+                 acl_agnostic: bool = True, box_pooler: str = "roipool"):
         super().__init__()
+        for name, v in (("mil_reduction", mil_reduction), ("refine_pseudo_box", refine_pseudo_box),
+                        ("refine_weight", refine_weight), ("refine_box_loss", refine_box_loss),
+                        ("mask_targets", mask_targets),
+                        ("mask_specific_weight", mask_specific_weight),
+                        ("acl_target", acl_target), ("box_pooler", box_pooler)):
+            if v not in CHOICES[name]:
+                raise ConfigError(f"PDSLNet: {name} must be one of {', '.join(CHOICES[name])}, "
+                                  f"got {v!r}")
+        if fc6_dim is not None and (not isinstance(fc6_dim, int) or fc6_dim < 1):
+            raise ConfigError(f"PDSLNet: fc6_dim must be null or an integer ≥ 1, got {fc6_dim!r}")
+        if not 0 <= seed_match_iou <= 1:
+            raise ConfigError(f"PDSLNet: seed_match_iou must be in [0, 1], got {seed_match_iou!r}")
+        self.mil_reduction, self.refine_pseudo_box = mil_reduction, refine_pseudo_box
+        self.refine_weight, self.refine_box_loss = refine_weight, refine_box_loss
+        self.mask_targets, self.empty_mask_to_box = mask_targets, bool(empty_mask_to_box)
+        self.mask_specific_weight, self.acl_target = mask_specific_weight, acl_target
+        self.acl_agnostic = bool(acl_agnostic)
         for name, v, lo in (("num_classes", num_classes, 1), ("n_refine", n_refine, 0),
                             ("n_mask", n_mask, 0), ("n_seed", n_seed, 1),
                             ("hidden_dim", hidden_dim, 1), ("mask_dim", mask_dim, 1),
@@ -81,11 +132,13 @@ class PDSLNet(nn.Module):
         self.backbone = build_backbone(backbone, pretrained=pretrained, frozen_bn=frozen_bn,
                                        freeze_at=freeze_at)
         cf = self.backbone.out_channels
-        self.box_head = BoxHead(cf, hidden_dim, dropout, score_scaling=score_scaling)
+        scale = 1.0 / self.backbone.stride
+        self.box_head = BoxHead(cf, hidden_dim, dropout, spatial_scale=scale,
+                                score_scaling=score_scaling, fc6_dim=fc6_dim, pooler=box_pooler)
         self.wsddn = WSDDNHead(hidden_dim, num_classes)
         self.refine = nn.ModuleList(RefinementHead(hidden_dim, num_classes)
                                     for _ in range(n_refine))
-        self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim)
+        self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim, spatial_scale=scale)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, images: Tensor, proposals: list[Tensor],
@@ -180,40 +233,53 @@ class PDSLNet(nn.Module):
         s0, refine = self._heads(features, proposals, proposal_scores)
         losses = {k: [] for k in LOSS_KEYS}
         mask_boxes, mask_info = [], []
+        image_w = (self.refine_weight == "image_score")
         for i, props in enumerate(proposals):
             tgt = targets[i]
             t = tgt["labels"].to(s0[i].dtype)
             y = wsddn_image_scores(s0[i])
-            losses["loss_mil"].append(wsddn_mil_loss(y, t))
-            # eq. 3–4: each head learns from the previous head's top boxes (head 1 from S0).
+            losses["loss_mil"].append(wsddn_mil_loss(y, t, reduction=self.mil_reduction))
+            y_w = y.detach().clamp(0, 1) if image_w else None
+            # eq. 3–4: each head learns from the previous head's top boxes (head 1 from S0, whose
+            # pseudo boxes are the proposals; later heads from the previous head's regressed
+            # boxes when refine_pseudo_box = regressed).
             prev = s0[i].detach()
+            prev_boxes = None
             last_probs = None
             loss_ref = s0[i].sum() * 0  # n_r = 0: no refinement term (eq. 4)
             for r in refine:
                 logits, deltas = r[i]
-                cls_r, w, reg_t, _ = oicr_pseudo_labels(prev, props, t, self.fg_iou)
-                loss_ref = loss_ref + refinement_loss(logits, deltas, cls_r, w, reg_t)
+                cls_r, w, reg_t, _ = oicr_pseudo_labels(prev, props, t, self.fg_iou,
+                                                        pseudo_boxes=prev_boxes, image_scores=y_w)
+                loss_ref = loss_ref + refinement_loss(logits, deltas, cls_r, w, reg_t,
+                                                      box_loss=self.refine_box_loss)
                 last_probs = torch.softmax(logits, dim=1)
                 prev = last_probs[:, 1:].detach()
+                if self.refine_pseudo_box == "regressed":
+                    prev_boxes = decode_box_deltas(deltas.detach(), props)     # [P, C, 4]
             losses["loss_refine"].append(loss_ref)
 
-            # Mask proposals (eq. 5, 7): t_p^{n_r} = class of the last head's top box that the
-            # proposal overlaps with IoU ≥ fg_iou (as the authors' code does: the last head's
+            # Mask proposals (eq. 5, 7): t_p^{n_r} = class of the last head's top (pseudo) box
+            # that the proposal overlaps with IoU ≥ fg_iou (the authors' code: the last head's
             # own output, the same top box the seeds are drawn around); S^0 when n_r = 0.
-            cls_t = oicr_pseudo_labels(prev, props, t, self.fg_iou)[0]
+            cls_t, _, _, matched = oicr_pseudo_labels(prev, props, t, self.fg_iou,
+                                                      pseudo_boxes=prev_boxes)
             fg = torch.nonzero(cls_t > 0).flatten()
             if fg.numel() > self.mask_per_image:
                 fg = fg[torch.randperm(fg.numel(), device=fg.device)[:self.mask_per_image]]
             cls_fg = cls_t[fg] - 1                                          # 0-based class
-            # â_p = S^{n_r}_{p, t_p} (eq. 7–8); S^0 of that class when n_r = 0.
-            a_hat = (last_probs[fg, cls_fg + 1] if last_probs is not None else s0[i][fg, cls_fg])
-            seeds = select_seeds(prev, props, t, self.n_seed)
+            # â_p (eq. 7–8): the matched top box's score or the proposal's own score.
+            a_hat = detection_activation(prev, cls_t, matched, fg, self.acl_target)
+            seeds = select_seeds(prev, props, t, self.n_seed, pseudo_boxes=prev_boxes)
             m_t, m_valid = seed_mask_targets(
                 props, seeds, tgt["bank_masks"], tgt["bank_boxes"].to(props.dtype),
                 tgt["proposal_to_bank"], self.seed_match_iou, tgt.get("bank_valid"),
                 query_idx=fg)
+            if self.mask_targets == "binary":
+                m_t = (m_t >= 0.5).to(m_t.dtype)  # GrabCut masks binarised (authors' >= 0.5)
             mask_boxes.append(props[fg])
-            mask_info.append((cls_fg, m_t, m_valid, y.detach()[cls_fg], a_hat))
+            w_mask = y.detach()[cls_fg] if self.mask_specific_weight == "image_score" else None
+            mask_info.append((cls_fg, m_t, m_valid, w_mask, a_hat))
 
         # One mask-head call for the whole batch (also when no image has a foreground proposal,
         # so that every parameter takes part in the graph).
@@ -221,16 +287,20 @@ class PDSLNet(nn.Module):
         counts = [b.shape[0] for b in mask_boxes]
         agnostic = agnostic.split(counts)
         specific = [s.split(counts) for s in specific]
-        for i, (cls_fg, m_t, m_valid, w_y, a_hat) in enumerate(mask_info):
+        for i, (cls_fg, m_t, m_valid, w_mask, a_hat) in enumerate(mask_info):
             idx = torch.arange(cls_fg.numel(), device=cls_fg.device)
             spec_i = [s[i][idx, cls_fg] for s in specific]                # n_m × [K, 28, 28]
-            l_ag, l_sp = mask_self_training_loss(agnostic[i], m_t, m_valid, spec_i, w_y)
+            l_ag, l_sp = mask_self_training_loss(agnostic[i], m_t, m_valid, spec_i, w_mask,
+                                                 targets=self.mask_targets,
+                                                 empty_to_box=self.empty_mask_to_box)
             losses["loss_mask_agnostic"].append(l_ag)
             losses["loss_mask_specific"].append(l_sp)
-            # eq. 6–8: one ACL term per class-specific head; none when n_m = 0 or ACL is off.
+            # eq. 6–8: one ACL term per class-specific head (and on M⁰ with acl_agnostic);
+            # none when ACL is off.
             l_acl = agnostic[i].sum() * 0
             if self.acl:
-                for logits_m in spec_i:
+                heads = ([agnostic[i]] if self.acl_agnostic else []) + spec_i
+                for logits_m in heads:
                     a = instance_activation(torch.sigmoid(logits_m), self.tau)
                     l_acl = l_acl + activation_correlation_loss(a, a_hat)
             losses["loss_acl"].append(l_acl)

@@ -26,10 +26,12 @@ def _check(cond: bool, msg: str) -> None:
 
 @torch.no_grad()
 def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
-                 n_seed: int = 10) -> Tensor:
+                 n_seed: int = 10, pseudo_boxes: Tensor | None = None) -> Tensor:
     """Seed proposals: for each present class the top-scoring proposal of the last detection
     head, then the ``n_seed`` proposals with the highest IoU to it (the top one included,
-    IoU 1); union over classes.
+    IoU 1); union over classes. With ``pseudo_boxes`` (Tensor[P, C, 4], the last head's regressed
+    class-specific boxes, same frame) the IoU is taken to the top proposal's *regressed* box of
+    that class instead (the authors' code ranks proposals by IoU to the regressed pseudo box).
 
     Args:
         last_head_scores (Tensor[P, C]): foreground probabilities of the last refinement head
@@ -47,8 +49,13 @@ def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
     if present.numel() == 0 or proposals.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=proposals.device)
     top = last_head_scores[:, present].argmax(dim=0)                   # [G]
-    iou = box_iou(proposals[top], proposals)                           # [G, P]
-    iou[torch.arange(top.numel(), device=iou.device), top] = 2.0      # the top box comes first
+    if pseudo_boxes is None:
+        iou = box_iou(proposals[top], proposals)                       # [G, P]
+        iou[torch.arange(top.numel(), device=iou.device), top] = 2.0  # the top box comes first
+    else:
+        _check(pseudo_boxes.shape == (*last_head_scores.shape, 4),
+               f"select_seeds: pseudo_boxes [P, C, 4] expected, got {tuple(pseudo_boxes.shape)}")
+        iou = box_iou(pseudo_boxes[top, present].to(proposals.dtype), proposals)   # [G, P]
     k = min(n_seed, proposals.shape[0])
     order = torch.sort(iou, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.unique(order.flatten())
