@@ -58,7 +58,7 @@ def test_defaults_have_the_authors_code_values():
     assert cfg.cues.degenerate == "box"
     assert (cfg.input.max_proposals, cfg.input.test_nms) == (4000, 0.3)
     s = cfg.solver
-    assert (s.steps, s.max_iter, s.warmup_iters, s.amp) == ([35000, 50000], 60000, 0, False)
+    assert (s.steps, s.max_iter, s.warmup_iters, s.amp) == ([35000, 50000], 60000, 0, "off")
     assert (s.bias_lr_factor, s.weight_decay_bias) == (2.0, 0.0)
 
 
@@ -77,8 +77,8 @@ def test_issue9_switches_reject_bad_values(override, msg):
 def test_optimizer_bias_group_and_test_nms():
     import torch
 
-    from pdsl.inference import TestParams
-    from pdsl.train import build_optimizer
+    from pdsl.engine.inference import TestParams
+    from pdsl.engine.train import build_optimizer
 
     cfg = load_config(None, ["solver.base_lr=0.01"])
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))

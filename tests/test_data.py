@@ -21,7 +21,7 @@ M = 28
 
 
 def make_tiny_set(root, num_images=6, size=(64, 80), class_names=("a", "b", "c"), seed=0,
-                  num_props=12, num_bank=5, unlabelled=1):
+                  num_props=12, num_bank=5, unlabelled=1, real_coverage=False):
     """A few random PNGs with a coloured rectangle per labelled class, a manifest and a cue file
     with random proposals and a random seed-mask bank. Returns (manifest path, cues path)."""
     rng = np.random.default_rng(seed)
@@ -61,7 +61,8 @@ def make_tiny_set(root, num_images=6, size=(64, 80), class_names=("a", "b", "c")
     meta = {"dataset": "tiny", "split": "train", "num_classes": C, "class_names": list(class_names)}
     with CueWriter(cues, meta, kind="cues", mask_size=M) as w:
         for (iid, h, wd, path, boxes, scores, row, bb, bm, st) in recs:
-            cov = box_iou(boxes, bb)[np.arange(len(boxes)), row].astype(np.float32)
+            cov = box_iou(boxes, bb)[np.arange(len(boxes)), row].astype(np.float32) \
+                if real_coverage else np.ones(len(boxes), np.float32)
             w.add(iid, h, wd, file_sha1(path), boxes, scores, bank_row=row,
                   coverage=cov, bank_boxes=bb, bank_masks=bm, bank_status=st)
     return manifest, cues
@@ -129,10 +130,11 @@ def test_flip_mirrors_image_boxes_and_bank_masks(tiny):
 
 
 @pytest.mark.parametrize("reproject", ["cut", "warp", "auto"])
-def test_crop_keeps_proposal_to_bank_mapping(tiny, reproject):
+def test_crop_keeps_proposal_to_bank_mapping(tmp_path, reproject):
     """cut: a proposal's bank row is its representative's box and mask; warp: the representative's
     mask in the proposal's own (unclipped) box; auto: cut where the proposal's coverage is at least
     cues.reproject_iou, else warp. All through crop, rescale and flip."""
+    tiny = make_tiny_set(tmp_path / "cov", real_coverage=True)  # coverage = IoU to the rep
     manifest, cues = tiny
     ds = _dataset(tiny, "input.crop=0.5", "input.min_proposal_size=3.0", "input.flip=true",
                   f"cues.reproject={reproject}", "cues.reproject_iou=0.5",

@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from pdsl.cues.seeds import paste_mask  # noqa: E402
+from pdsl.boxes import paste_mask  # noqa: E402
 from pdsl.cues.store import CueStore  # noqa: E402
 from pdsl.data import inference_view, normalize_image  # noqa: E402
-from pdsl.inference import TestParams, predict_image  # noqa: E402
+from pdsl.engine.inference import TestParams, predict_image  # noqa: E402
 from pdsl.io import read_image  # noqa: E402
 from pdsl.losses import instance_activation  # noqa: E402
 from pdsl.manifest import load_manifest  # noqa: E402
-from pdsl.run_eval import load_run  # noqa: E402
+from pdsl.engine.evaluate import load_run  # noqa: E402
 
 
 def gt_mask(ann, h, w) -> np.ndarray:
