@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
+from pdsl.box_coder import decode_box_deltas, encode_box_deltas
 from pdsl.losses import (activation_correlation_loss, binarize_mask_targets,
-                         class_agnostic_mask_loss, class_specific_mask_loss, decode_box_deltas,
-                         detection_activation, encode_box_deltas, instance_activation,
-                         mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
-                         wsddn_mil_loss)
+                         class_agnostic_mask_loss, class_specific_mask_loss,
+                         detection_activation, instance_activation, mask_self_training_loss,
+                         oicr_pseudo_labels, refinement_loss, wsddn_mil_loss)
 
 torch.set_num_threads(1)
 

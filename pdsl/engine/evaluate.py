@@ -21,7 +21,7 @@ def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
 
     Refuses a checkpoint trained on another class set, or whose weights do not fit the model its
     own config describes (another config), with a message naming both."""
-    from .train import build_model, check_classes, last_checkpoint, load_checkpoint
+    from .checkpoint import build_model, check_classes, last_checkpoint, load_checkpoint
 
     run_dir = Path(run_dir)
     path = Path(checkpoint) if checkpoint else last_checkpoint(run_dir)

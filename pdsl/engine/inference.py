@@ -16,7 +16,8 @@ import torch
 
 from ..amp import autocast, effective_amp
 from ..boxes import paste_mask
-from ..data import flip_boxes, inference_view, normalize_image
+from ..data import flip_boxes, normalize_image
+from ..inference_data import inference_view
 
 
 @dataclass

@@ -87,7 +87,7 @@ def wsddn_image_scores(s0: Tensor) -> Tensor:
 
 class RefinementHead(nn.Module):
     """One OICR-style refinement head: ``Linear → n_c + 1`` logits (0 = background) and
-    ``Linear → n_c·4`` class-specific Fast R-CNN deltas (see ``pdsl.losses.encode_box_deltas``)."""
+    ``Linear → n_c·4`` class-specific Fast R-CNN deltas (see ``pdsl.box_coder.encode_box_deltas``)."""
 
     def __init__(self, hidden_dim: int, num_classes: int):
         super().__init__()

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from pdsl.errors import ConfigError
-from pdsl.losses import (activation_correlation_loss, decode_box_deltas, detection_activation,
-                         instance_activation, mask_self_training_loss, oicr_pseudo_labels,
-                         refinement_loss, wsddn_mil_loss)
+from pdsl.box_coder import decode_box_deltas
+from pdsl.losses import (activation_correlation_loss, detection_activation, instance_activation,
+                         mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
+                         wsddn_mil_loss)
 from pdsl.model.backbone import build_backbone
 from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
 from pdsl.model.seeds import seed_mask_targets, select_seeds

@@ -140,7 +140,7 @@ def real_markdown(r: dict, cmd: str) -> str:
          f"| core-s per image: proposals + bank | {r['proposal_core_s_per_image']:.2f} + "
          f"{r['seed_core_s_per_image']:.2f} = **{r['cache_core_s_per_image']:.2f}** |",
          f"| recall@0.5, all instances / ≥ 32² px | {rc['iou_0.5']:.1%} / **{rc['iou_0.5_ge_32px']:.1%}** |",
-         f"| recall@0.5 small / medium / large | " + " / ".join(
+         "| recall@0.5 small / medium / large | " + " / ".join(
              f"{rs[k]['iou_0.5']:.1%}" if rs[k]["n"] else "—" for k in ("small", "medium", "large")) + " |",
          f"| recall@0.7, all | {rc['iou_0.7']:.1%} |",
          f"| bank coverage (mean IoU proposal → representative) | {rep['coverage']['mean_iou']:.3f} |",

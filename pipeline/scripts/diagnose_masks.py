@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pdsl.boxes import paste_mask  # noqa: E402
 from pdsl.cues.store import CueStore  # noqa: E402
-from pdsl.data import inference_view, normalize_image  # noqa: E402
+from pdsl.data import normalize_image  # noqa: E402
+from pdsl.inference_data import inference_view  # noqa: E402
 from pdsl.engine.inference import TestParams, predict_image  # noqa: E402
 from pdsl.io import read_image  # noqa: E402
 from pdsl.losses import instance_activation  # noqa: E402
