@@ -9,29 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from test_data import make_tiny_set
-
 pytest.importorskip("pdsl.model.pdsl_net")
 
-import pdsl.engine.train as T  # noqa: E402
+from test_train import _train, tiny  # noqa: E402,F401  (the same tiny run as test_train)
+
 from pdsl.errors import ConfigError  # noqa: E402
 from pdsl.rundir import config_hash  # noqa: E402
-
-FAST = ["model.backbone=tiny", "model.pretrained=null", "model.hidden_dim=32", "model.mask_dim=16",
-        "model.mask_per_image=8", "input.train_scales=[64]", "input.max_size=128",
-        "input.max_proposals=12", "solver.warmup_iters=2", "solver.images_per_step=2",
-        "solver.images_per_gpu=2", "train.num_workers=0", "train.threads=1", "train.device=cpu",
-        "train.log_period=100"]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return make_tiny_set(tmp_path_factory.mktemp("tiny_rundir"))
-
-
-def _train(tiny, out, *overrides, **kw):
-    manifest, cues = tiny
-    return T.train(None, manifest, cues, out, overrides=FAST + list(overrides), **kw)
 
 
 def _snapshot(run: Path) -> dict:
