@@ -242,18 +242,14 @@ class TrainDataset(torch.utils.data.Dataset):
         # The bank: only the rows the kept proposals use, renumbered.
         rows = cues.bank_row[prop_index].astype(np.int64)
         if self.seed_source == "mcg":  # each proposal's own MCG segment, in its own box
-            off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
-            bank_boxes = (cues.boxes[prop_index] - off) * np.array([sx, sy, sx, sy], np.float32)
+            frame, to_bank = cues.boxes[prop_index], np.arange(len(prop_index))
             bank_masks = cues.segments[prop_index]
             valid = (bank_masks >= 128).reshape(len(bank_masks), -1).any(1)
-            to_bank = np.arange(len(prop_index))
-            if do_flip:
-                bank_boxes = flip_boxes(bank_boxes, nw)
-                bank_masks = bank_masks[:, :, ::-1]
         elif len(cues.bank_boxes) == 0:  # a cache without masks for this image: one invalid row
             M = self.store.mask_size
             bank_boxes, bank_masks = props[:1].copy(), np.zeros((1, M, M), np.uint8)
             valid, to_bank = np.zeros(1, bool), np.zeros(len(props), np.int64)
+            frame = None  # already in the augmented frame
         else:
             if self.reproject == "cut":  # the representative's mask stays at its own box
                 used, to_bank = np.unique(rows, return_inverse=True)
@@ -264,11 +260,12 @@ class TrainDataset(torch.utils.data.Dataset):
                 if self.reproject == "auto":  # ... unless the representative is a near-duplicate
                     near = cues.coverage[prop_index] >= self.reproject_iou
                     frame[near] = cues.bank_boxes[rows[near]]
-            off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
-            bank_boxes = (frame - off) * np.array([sx, sy, sx, sy], np.float32)
             bank_masks = degenerate_to_box(cues.bank_masks[used], cues.bank_status[used],
                                            self.degenerate)
             valid = bank_valid_mask(cues.bank_status[used], self.degenerate)
+        if frame is not None:  # original-image boxes -> the augmented frame (crop, scale, flip)
+            off = np.array([crop[0], crop[1], crop[0], crop[1]], np.float32)
+            bank_boxes = (frame - off) * np.array([sx, sy, sx, sy], np.float32)
             if do_flip:
                 bank_boxes = flip_boxes(bank_boxes, nw)
                 bank_masks = bank_masks[:, :, ::-1]

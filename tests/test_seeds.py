@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from pdsl.boxes import paste_mask
-from pdsl.cues.grabcut import inscribed_ellipse
-from pdsl.cues.seeds import (SeedParams, _resample_box, build_bank, cluster_proposals,
-                             grabcut_box, grabcut_online, seed_mask)
+from pdsl.cues.grabcut import grabcut_online, inscribed_ellipse, resample_box
+from pdsl.cues.seeds import (SeedParams, build_bank, cluster_proposals,
+                             grabcut_box, seed_mask)
 from pdsl.cues.store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS_TINY
 from pdsl.errors import CacheError, DataError
 
@@ -55,7 +55,7 @@ def test_resample_then_paste_is_identity_on_box_masks():
     fg = np.zeros((100, 100), np.float32)
     fg[20:80, 10:50] = 1.0
     box = np.array([10, 20, 50, 80], np.float32)
-    m = _resample_box(fg, box, 28)
+    m = resample_box(fg, box, 28)
     assert m.min() == 1.0  # the box frame sees only the inside of the box
     pasted = paste_mask((m * 255).astype(np.uint8), box, 100, 100)
     assert (pasted == (fg > 0)).all()
@@ -115,7 +115,6 @@ def test_masked_grabcut_survives_where_rectangle_grabcut_collapses():
     assert s_rect == STATUS_EMPTY
     m, status = grabcut_box(img, box, SeedParams())
     got = paste_mask(m, box, H, W)
-    ell = paste_mask((inscribed_ellipse(28) * 255).astype(np.uint8), box, H, W)
     assert status == STATUS_OK and _iou(got, gt) > 0.9
     filled = paste_mask(np.full((28, 28), 255, np.uint8), box, H, W)
     assert _iou(got, gt) > _iou(filled, gt)

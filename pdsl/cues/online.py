@@ -37,7 +37,7 @@ def _grabcut_one(small: np.ndarray, box_small: np.ndarray, mask_size: int,
     """GrabCut one box on an image already at the online resolution (worker entry point)."""
     import cv2
 
-    from .seeds import grabcut_online
+    from .grabcut import grabcut_online
 
     cv2.setNumThreads(1)
     cv2.setRNGSeed(0)  # GrabCut's k-means init draws from OpenCV's RNG: same box, same mask

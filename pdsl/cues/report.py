@@ -9,7 +9,8 @@ from ..boxes import box_iou, paste_mask
 from ..errors import DataError
 from ..io import read_image
 from ..manifest import load_manifest
-from .seeds import SeedParams, grabcut_online, seed_mask
+from .grabcut import grabcut_online
+from .seeds import SeedParams, seed_mask
 from .store import STATUS_NAMES, CueStore
 
 
@@ -92,7 +93,7 @@ def _summary(rows: list) -> dict:
 
 
 def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | None = None,
-               methods: bool = True, reproject_iou: float = 0.6) -> dict:
+               reproject_iou: float = 0.6) -> dict:
     """Proposal recall, bank coverage, bank status and seed-mask quality vs GT, by method and size.
 
     For every non-crowd GT instance two boxes are scored: the proposal with the highest IoU to its
@@ -121,9 +122,7 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
                                   "max": int(counts.max())}
     rep["bank_per_image"] = {"mean": float(bank_counts.mean()), "min": int(bank_counts.min()),
                              "max": int(bank_counts.max())}
-    specs = method_specs(params, store.has_segments, online) if methods else {}
-    if not methods and online:
-        specs = {k: v for k, v in method_specs(params, False, True).items() if k in ("online",)}
+    specs = method_specs(params, store.has_segments, online)
     cov, status, best_ious, areas = [], [], [], []
     names = ["cached", "cached_cut", "cached_warp", *specs]
     rows = {(name, on): [] for name in names for on in ("matched", "gt")}

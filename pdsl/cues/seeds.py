@@ -5,9 +5,9 @@ a seed, so the offline cache covers all of them. MCG proposals are highly redund
 are grouped into clusters of near-duplicates (:func:`cluster_proposals`) and GrabCut runs once per
 cluster representative, on a crop around the box downscaled to ``crop_size``
 (:func:`seed_mask`; the methods live in :mod:`.grabcut`). Each proposal records its representative
-and the IoU between the two (its *coverage*). :func:`grabcut_online` is the authors' setting (whole
-image at a 400-px long side, 5 iterations), kept as the reference that the cache is measured
-against.
+and the IoU between the two (its *coverage*). :func:`.grabcut.grabcut_online` is the authors'
+setting (whole image at a 400-px long side, 5 iterations), kept as the reference that the cache
+is measured against.
 
 Frames: boxes are in original-image pixels; every returned mask is ``[M, M]`` in the frame of the
 box it belongs to (see ``pdsl.cues.store``).
@@ -19,12 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..boxes import box_iou
-from .grabcut import (filled_box, grabcut_masked, grabcut_online, grabcut_rect,  # noqa: F401
-                      inscribed_ellipse, resample_box)
+from .grabcut import filled_box, grabcut_masked, grabcut_rect, inscribed_ellipse
 from .store import STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_OK, STATUS_TINY
-
-_resample_box = resample_box  # old name, kept for callers
-
 
 SEED_METHODS = ("grabcut", "grabcut_masked", "grabcut_rect", "ellipse", "box", "mcg", "mcg_grabcut")
 FALLBACKS = ("ellipse", "box", "none")
