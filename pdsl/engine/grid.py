@@ -1,0 +1,316 @@
+"""Experiment grids: train and evaluate config variants over seeds, resumably, and tabulate them.
+
+A grid spec (YAML, e.g. ``pipeline/configs/ablation-demo.yaml``)::
+
+    train: {config: CFG, manifest: M, cues: C, overrides: [KEY=VALUE, ...]}
+    eval:  {manifest: M, cues: C, max_images: 100}
+    seeds: [0, 1, 2]
+    variants:                      # name -> overrides on top of train.overrides
+      full: []
+      acl_off: [model.acl=false]
+      ceiling: {kind: supervised}  # kind: pdsl (default) | supervised (Mask R-CNN on GT)
+    compare:                       # expected directions: [better, worse, what it reproduces]
+      - [full, acl_off, "Table 1: ACL"]
+
+Each (variant, seed) is a *cell*: ``OUT/<variant>/seed<k>/`` holds its run and ``cell.json``
+(its overrides and metrics). A cell with ``cell.json`` is never re-run; a cell whose spec
+changed since is refused (a finished result is never overwritten: use another ``--out``); an
+unfinished run resumes from its last checkpoint. :func:`summarize` writes the table.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..io import read_data_file, write_json_atomic
+
+#: metrics tabulated per variant: (column, metrics.json section, key)
+COLUMNS = (("mask AP50", "segm", "AP50"), ("mask AP75", "segm", "AP75"), ("mask AP", "segm", "AP"),
+           ("box AP50", "bbox", "AP50"), ("box AP75", "bbox", "AP75"), ("CorLoc", "bbox", "CorLoc"))
+KINDS = ("pdsl", "supervised")
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: str
+    seed: int
+    kind: str
+    overrides: tuple[str, ...]
+
+    def dir(self, out: Path) -> Path:
+        return Path(out) / self.variant / f"seed{self.seed}"
+
+
+def load_spec(path) -> dict:
+    """Read and check a grid spec; errors name the file and the field."""
+    spec = read_data_file(path, "grid spec", error=ConfigError, fmt="yaml")
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path}: a grid spec is a mapping (train, eval, seeds, variants)")
+    for key in ("train", "eval", "variants"):
+        if not isinstance(spec.get(key), dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping")
+    for key in ("config", "manifest", "cues"):
+        if not spec["train"].get(key):
+            raise ConfigError(f"{path}: train.{key} is required")
+    for key in ("manifest", "cues"):
+        if not spec["eval"].get(key):
+            raise ConfigError(f"{path}: eval.{key} is required")
+    seeds = spec.setdefault("seeds", [0])
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
+        raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
+    for name, v in spec["variants"].items():
+        v = {"overrides": v} if isinstance(v, list) or v is None else v
+        if not isinstance(v, dict) or v.get("kind", "pdsl") not in KINDS:
+            raise ConfigError(f"{path}: variants.{name}: a list of overrides or a mapping with "
+                              f"kind ({' | '.join(KINDS)}) and overrides")
+        if not all(isinstance(o, str) and "=" in o for o in v.get("overrides") or []):
+            raise ConfigError(f"{path}: variants.{name}: overrides are KEY=VALUE strings")
+        spec["variants"][name] = v
+    for pair in spec.setdefault("compare", []):
+        if not (isinstance(pair, list) and len(pair) >= 2
+                and all(p in spec["variants"] for p in pair[:2])):
+            raise ConfigError(f"{path}: compare entries are [better, worse, label] with variant "
+                              f"names of this spec, got {pair!r}")
+    return spec
+
+
+def cells(spec: dict, only=None) -> list[Cell]:
+    """Every (variant, seed) of the spec, variants in spec order; ``only`` keeps those variants."""
+    unknown = set(only or ()) - set(spec["variants"])
+    if unknown:
+        raise ConfigError(f"unknown variant(s) {sorted(unknown)}; the spec has "
+                          f"{list(spec['variants'])}")
+    base = tuple(spec["train"].get("overrides") or ())
+    out = []
+    for name, v in spec["variants"].items():
+        if only and name not in only:
+            continue
+        for seed in spec["seeds"]:
+            out.append(Cell(name, seed, v.get("kind", "pdsl"),
+                            base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",)))
+    return out
+
+
+def _cell_record(cell: Cell, spec: dict) -> dict:
+    return {"variant": cell.variant, "seed": cell.seed, "kind": cell.kind,
+            "config": spec["train"]["config"], "overrides": list(cell.overrides),
+            "eval_max_images": spec["eval"].get("max_images")}
+
+
+def cell_done(cell: Cell, spec: dict, out: Path) -> bool:
+    """True if the cell finished with this spec; an error if it finished with another one."""
+    path = cell.dir(out) / "cell.json"
+    if not path.exists():
+        return False
+    rec = json.loads(path.read_text())
+    want = _cell_record(cell, spec)
+    if any(rec.get(k) != v for k, v in want.items()):
+        raise ConfigError(f"{path} finished with another spec ({ {k: rec.get(k) for k in want} }); "
+                          f"a finished result is never overwritten: use another --out, or "
+                          f"delete that cell to re-run it")
+    return True
+
+
+def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> dict:
+    """Train (resuming) and evaluate one cell; write ``cell.json`` last, atomically."""
+    run_dir = cell.dir(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = list(cell.overrides) + ([f"train.threads={threads}"] if threads else [])
+    tr, ev = spec["train"], spec["eval"]
+    log = run_dir / "grid.log"
+    with open(log, "a") as fh:
+        old = os.dup(2)
+        os.dup2(fh.fileno(), 2)  # the trainer's progress lines go to the cell's log
+        try:
+            if cell.kind == "supervised":
+                from .supervised import train_supervised
+
+                train_supervised(tr["config"], tr["manifest"], run_dir, resume=True,
+                                 overrides=overrides)
+            else:
+                from .train import train
+
+                train(tr["config"], tr["manifest"], tr["cues"], run_dir, resume=True,
+                      overrides=overrides)
+            from .evaluate import evaluate_run
+
+            metrics = evaluate_run(run_dir, ev["manifest"], ev["cues"], max_images=ev.get("max_images"),
+                                   device="cpu", report=False)
+        finally:
+            sys.stderr.flush()
+            os.dup2(old, 2)
+            os.close(old)
+    rec = _cell_record(cell, spec)
+    rec["metrics"] = {col: (metrics.get(sec) or {}).get(key) for col, sec, key in COLUMNS}
+    rec["images"] = metrics.get("images")
+    write_json_atomic(rec, run_dir / "cell.json", indent=2)
+    return rec
+
+
+def _run_cell_job(args):
+    import torch
+
+    cell, spec, out, threads = args
+    torch.set_num_threads(threads or 1)
+    return run_cell(cell, spec, out, threads)
+
+
+def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = None,
+             echo=print) -> list[dict]:
+    """Run every unfinished cell (``jobs`` at a time, each with ``threads`` torch threads)."""
+    spec = load_spec(spec_path)
+    out = Path(out)
+    todo = [c for c in cells(spec, only) if not cell_done(c, spec, out)]
+    echo(f"grid {spec_path}: {len(cells(spec, only)) - len(todo)} cells done, {len(todo)} to run "
+         f"-> {out}")
+    if jobs <= 1:
+        for k, c in enumerate(todo):
+            echo(f"[{k + 1}/{len(todo)}] {c.variant} seed {c.seed} (log: {c.dir(out)}/grid.log)")
+            run_cell(c, spec, out, threads)
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futs = {pool.submit(_run_cell_job, (c, spec, out, threads)): c for c in todo}
+            for k, f in enumerate(futs):
+                rec = f.result()
+                echo(f"[{k + 1}/{len(todo)}] done {rec['variant']} seed {rec['seed']}: "
+                     f"mask AP50 {rec['metrics']['mask AP50']}")
+    return collect(spec, out, only)
+
+
+def collect(spec: dict, out: Path, only=None) -> list[dict]:
+    """``cell.json`` of every finished cell (unfinished ones are left out)."""
+    recs = []
+    for c in cells(spec, only):
+        if cell_done(c, spec, Path(out)):
+            recs.append(json.loads((c.dir(out) / "cell.json").read_text()))
+    return recs
+
+
+def _mean_std(values):
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return None, None
+    m = sum(vals) / len(vals)
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, sd
+
+
+def summarize(spec: dict, recs: list[dict]) -> dict:
+    """Mean ± std (sample std over seeds) per variant and column, and each expected direction
+    of ``spec["compare"]``: ``diff`` = mean(better) − mean(worse) of mask AP50 and whether it is
+    beyond seed noise, ``|diff| > 2 · sd_pooled`` with ``sd_pooled = sqrt((sd_a² + sd_b²) / 2)``
+    (needs ≥ 2 seeds of each)."""
+    rows = {}
+    for name in spec["variants"]:
+        mine = [r for r in recs if r["variant"] == name]
+        if not mine:
+            continue
+        row = {"seeds": [r["seed"] for r in mine]}
+        for col, _, _ in COLUMNS:
+            m, sd = _mean_std([r["metrics"].get(col) for r in mine])
+            row[col] = {"mean": m, "std": sd, "values": [r["metrics"].get(col) for r in mine]}
+        rows[name] = row
+    comparisons = []
+    for pair in spec.get("compare", []):
+        a, b = pair[0], pair[1]
+        label = pair[2] if len(pair) > 2 else f"{a} > {b}"
+        if a not in rows or b not in rows:
+            continue
+        for col in ("mask AP50", "mask AP"):
+            ma, sa = rows[a][col]["mean"], rows[a][col]["std"]
+            mb, sb = rows[b][col]["mean"], rows[b][col]["std"]
+            if ma is None or mb is None:
+                continue
+            pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
+            enough = len(rows[a]["seeds"]) > 1 and len(rows[b]["seeds"]) > 1
+            comparisons.append({"label": label, "better": a, "worse": b, "metric": col,
+                                "diff": ma - mb, "sd_pooled": pooled,
+                                "reproduced": bool(enough and ma - mb > 2 * pooled),
+                                "reversed": bool(enough and mb - ma > 2 * pooled)})
+    return {"rows": rows, "comparisons": comparisons}
+
+
+def _cell(v: dict) -> str:
+    if v["mean"] is None:
+        return "—"
+    return f"{v['mean']:.1f}" + (f" ± {v['std']:.1f}" if len(v["values"]) > 1 else "")
+
+
+def markdown(summary: dict, title: str = "") -> str:
+    cols = [c for c, _, _ in COLUMNS]
+    lines = ([f"### {title}", ""] if title else [])
+    lines += ["| variant | seeds | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for name, row in summary["rows"].items():
+        lines.append(f"| {name} | {len(row['seeds'])} | "
+                     + " | ".join(_cell(row[c]) for c in cols) + " |")
+    if summary["comparisons"]:
+        lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict |",
+                  "|---|---|---|---|---|"]
+        for c in summary["comparisons"]:
+            verdict = ("reproduced" if c["reproduced"] else "reversed" if c["reversed"]
+                       else "within noise")
+            lines.append(f"| {c['label']}: {c['better']} > {c['worse']} | {c['metric']} | "
+                         f"{c['diff']:+.1f} | {2 * c['sd_pooled']:.1f} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path, column: str = "mask AP50") -> None:
+    """Bar chart of ``column`` per variant with ±1 std whiskers (OpenCV only)."""
+    import cv2
+    import numpy as np
+
+    from ..evaluation.report import _colour, _imwrite
+
+    names = list(summary["rows"])
+    W, H, L, B, T = max(360, 70 * len(names) + 80), 320, 50, 60, 30
+    img = np.full((H, W, 3), 255, np.uint8)
+    means = [summary["rows"][n][column]["mean"] or 0.0 for n in names]
+    stds = [summary["rows"][n][column]["std"] or 0.0 for n in names]
+    top = max([m + s for m, s in zip(means, stds)] + [1.0]) * 1.1
+
+    def ty(v):
+        return int(H - B - v / top * (H - T - B))
+
+    cv2.line(img, (L, H - B), (W - 10, H - B), (0, 0, 0), 1)
+    cv2.line(img, (L, T), (L, H - B), (0, 0, 0), 1)
+    for k in range(5):
+        v = top * k / 4
+        cv2.putText(img, f"{v:.0f}", (8, ty(v) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+    step = (W - L - 20) / max(len(names), 1)
+    for k, (n, m, s) in enumerate(zip(names, means, stds)):
+        x0, x1 = int(L + 10 + k * step), int(L + (k + 1) * step - 6)
+        cv2.rectangle(img, (x0, ty(m)), (x1, H - B), _colour(k), -1)
+        xc = (x0 + x1) // 2
+        if s:
+            cv2.line(img, (xc, ty(m + s)), (xc, ty(max(m - s, 0))), (0, 0, 0), 1)
+        cv2.putText(img, f"{m:.1f}", (x0, ty(m) - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
+        cv2.putText(img, n[:10], (x0, H - B + 14 + 12 * (k % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+                    (0, 0, 0), 1)
+    cv2.putText(img, f"{column} (mean, whiskers: 1 std over seeds)", (L, 18),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    _imwrite(path, img)
+
+
+def write_results(spec_path, out, results, title: str = "") -> dict:
+    """``RESULTS.json`` (spec, every cell, the summary), ``RESULTS.md`` and ``RESULTS.png``."""
+    from ..io import atomic_path
+
+    spec = load_spec(spec_path)
+    recs = collect(spec, Path(out))
+    summary = summarize(spec, recs)
+    results = Path(results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic({"spec": str(spec_path), "cells": recs, **summary},
+                      results.with_suffix(".json"), indent=2)
+    with atomic_path(results.with_suffix(".md")) as tmp:
+        Path(tmp).write_text(markdown(summary, title))
+    if summary["rows"]:
+        plot(summary, results.with_suffix(".png"))
+    return summary

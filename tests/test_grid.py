@@ -1,0 +1,140 @@
+"""`cli.py grid`: variants x seeds trained and evaluated, resumable, never overwritten, tabulated."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pdsl.engine.grid as G
+from pdsl.cues.cache import cache_cues
+from pdsl.cues.seeds import SeedParams
+from pdsl.errors import ConfigError
+
+TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
+        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
+        "model.hidden_dim=32", "model.mask_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    from pdsl.datasets import prepare_data
+
+    d = tmp_path_factory.mktemp("grid")
+    for split, n in (("train", 4), ("val", 2)):
+        prepare_data("synthetic", d / f"{split}.json", split, num_images=n, seed=3, progress=False)
+        cache_cues(d / f"{split}.json", "builtin", d / f"{split}.h5", workers=1, shard_size=8,
+                   params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
+    return d
+
+
+def _spec(d, path, variants, seeds=(0, 1), compare=()):
+    spec = {"train": {"config": "pipeline/configs/demo.yaml", "manifest": str(d / "train.json"),
+                      "cues": str(d / "train.h5"), "overrides": TINY},
+            "eval": {"manifest": str(d / "val.json"), "cues": str(d / "val.h5"), "max_images": 2},
+            "seeds": list(seeds), "variants": variants, "compare": [list(c) for c in compare]}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_grid_runs_each_cell_once_and_writes_the_table(data, tmp_path, monkeypatch):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": [], "no_refine": ["model.n_refine=0"]},
+                 compare=[("base", "no_refine", "Table 1: n_r")])
+    out = tmp_path / "cells"
+    recs = G.run_grid(spec, out, echo=lambda m: None)
+    assert sorted((r["variant"], r["seed"]) for r in recs) == [
+        ("base", 0), ("base", 1), ("no_refine", 0), ("no_refine", 1)]
+    rec = json.loads((out / "no_refine" / "seed1" / "cell.json").read_text())
+    assert "model.n_refine=0" in rec["overrides"] and "train.seed=1" in rec["overrides"]
+    assert rec["metrics"]["mask AP50"] is not None and rec["images"] == 2
+    # the variant's override reached the trained run
+    cfg = yaml.safe_load((out / "no_refine" / "seed1" / "config.yaml").read_text())
+    assert cfg["model"]["n_refine"] == 0 and cfg["train"]["seed"] == 1
+    summary = G.write_results(spec, out, tmp_path / "res" / "table", title="t")
+    for ext in (".json", ".md", ".png"):
+        assert (tmp_path / "res" / f"table{ext}").stat().st_size > 0
+    md = (tmp_path / "res" / "table.md").read_text()
+    assert "| base | 2 |" in md and "Table 1: n_r" in md
+    assert [c["metric"] for c in summary["comparisons"]] == ["mask AP50", "mask AP"]
+
+    # a second call re-runs nothing: training would fail loudly if it were called
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was re-run")
+
+    monkeypatch.setattr("pdsl.engine.train.train", boom)
+    assert len(G.run_grid(spec, out, echo=lambda m: None)) == 4
+
+    # the same cells under a changed spec are refused, not overwritten
+    _spec(data, spec, {"base": ["model.n_mask=1"], "no_refine": ["model.n_refine=0"]})
+    with pytest.raises(ConfigError, match="cell.json finished with another spec"):
+        G.run_grid(spec, out, echo=lambda m: None)
+
+
+def test_unfinished_cell_resumes_its_run(data, tmp_path, monkeypatch):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": []}, seeds=[0])
+    out = tmp_path / "cells"
+    seen = []
+    real = G.run_cell
+
+    def killed_after_training(cell, spec_, out_, threads=None):
+        from pdsl.engine.train import train
+
+        train(spec_["train"]["config"], spec_["train"]["manifest"], spec_["train"]["cues"],
+              cell.dir(out_), overrides=list(cell.overrides))
+        raise KeyboardInterrupt  # killed before its evaluation
+
+    monkeypatch.setattr(G, "run_cell", killed_after_training)
+    with pytest.raises(KeyboardInterrupt):
+        G.run_grid(spec, out, echo=lambda m: None)
+    assert not (out / "base" / "seed0" / "cell.json").exists()
+    monkeypatch.setattr(G, "run_cell", real)
+    import pdsl.engine.train as T
+
+    real_train = T.train
+
+    def spy(*a, **k):
+        seen.append(k.get("resume"))
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(T, "train", spy)
+    G.run_grid(spec, out, echo=lambda m: None)
+    assert seen == [True] and (out / "base" / "seed0" / "cell.json").exists()
+    steps = [json.loads(x)["step"] for x in
+             (out / "base" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and max(steps) == 2  # nothing trained twice
+
+
+def test_summary_verdicts_on_hand_made_cells():
+    spec = {"variants": {"a": {}, "b": {}, "c": {}},
+            "compare": [["a", "b", "clear"], ["a", "c", "noisy"], ["b", "a", "backwards"]]}
+
+    def rec(v, s, ap50):
+        return {"variant": v, "seed": s, "metrics": {"mask AP50": ap50, "mask AP": ap50 / 2}}
+
+    recs = ([rec("a", s, x) for s, x in enumerate((30.0, 31.0, 32.0))]
+            + [rec("b", s, x) for s, x in enumerate((20.0, 21.0, 22.0))]
+            + [rec("c", s, x) for s, x in enumerate((27.0, 31.0, 35.0))])
+    summ = G.summarize(spec, recs)
+    a = summ["rows"]["a"]["mask AP50"]
+    assert a["mean"] == pytest.approx(31.0) and a["std"] == pytest.approx(1.0)
+    by = {(c["label"], c["metric"]): c for c in summ["comparisons"]}
+    clear = by[("clear", "mask AP50")]
+    assert clear["diff"] == pytest.approx(10.0) and clear["sd_pooled"] == pytest.approx(1.0)
+    assert clear["reproduced"] and not clear["reversed"]
+    noisy = by[("noisy", "mask AP50")]  # diff 0, pooled sqrt((1 + 16) / 2) ≈ 2.9
+    assert not noisy["reproduced"] and not noisy["reversed"]
+    assert by[("backwards", "mask AP50")]["reversed"]
+    assert "reproduced" in G.markdown(summ) and "within noise" in G.markdown(summ)
+
+
+def test_bad_specs_name_the_field(tmp_path, data):
+    with pytest.raises(ConfigError, match="grid spec .*file not found"):
+        G.load_spec(tmp_path / "missing.yaml")
+    bad = _spec(data, tmp_path / "b.yaml", {"a": []}, compare=[("a", "zz")])
+    with pytest.raises(ConfigError, match="compare entries"):
+        G.load_spec(bad)
+    bad = _spec(data, tmp_path / "c.yaml", {"a": ["model.n_refine"]})
+    with pytest.raises(ConfigError, match="variants.a: overrides are KEY=VALUE"):
+        G.load_spec(bad)
+    spec = G.load_spec(_spec(data, tmp_path / "d.yaml", {"a": []}))
+    with pytest.raises(ConfigError, match="unknown variant"):
+        G.cells(spec, only=["nope"])
