@@ -45,6 +45,9 @@ if section("train"):
         include: "pipeline/rules/eval.smk"
 
 
+include: "pipeline/rules/grid.smk"
+
+
 rule all:
     input:
         all_targets(),

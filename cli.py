@@ -320,6 +320,29 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
             click.echo(f"image-level classification mAP: {m['classification']['mAP']:.1f}")
 
 
+@cli.command("export-model")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
+              help="Trained run directory.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Release directory (model.pth, config.yaml, run.json, metrics.json).")
+@click.option("--half", is_flag=True, help="Store float weights as float16 (half the size).")
+@click.option("--force", is_flag=True, help="Replace an existing release in OUT.")
+def export_model_cmd(run_dir, out_dir, half, force):
+    """Reduce a trained run to a weights-only release that predict/eval read like a run.
+
+    Drops the optimizer, scheduler and RNG state; keeps the config, the class names and ids and
+    the run's eval metrics. The demo release in pipeline/release/demo was made this way.
+
+    \b
+    Example:
+      python cli.py export-model --run runs/demo --out pipeline/release/demo --half
+    """
+    from pdsl.engine.release import export_model
+
+    path = export_model(run_dir, out_dir, half=half, force=force)
+    click.echo(f"export-model: {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
+
+
 @cli.command("grid")
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False), required=True,
               help="Grid spec YAML: train/eval inputs, seeds, variants (override lists), expected "
@@ -363,8 +386,10 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
 
 @cli.command("predict")
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
-              help="Run directory of `cli.py train`.")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory of `cli.py train` or a release of `cli.py export-model` "
+                   "[default: the released demo model, pipeline/release/demo: the synthetic "
+                   "benchmark's 4 shape classes].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Where overlays (*_pred.png) and predictions.json go.")
 @click.option("--tta", is_flag=True, help="Multi-scale + flip test-time augmentation.")
@@ -385,9 +410,12 @@ def predict_cmd(inputs, run_dir, out_dir, tta, score_thresh, device, manifest):
     \b
     Example:
       python cli.py predict photos/ extra.jpg --run runs/demo --out predictions/
+      python cli.py predict shapes.png --out predictions/   # the released demo model
     """
     from pdsl.engine.evaluate import predict_paths
+    from pdsl.engine.release import RELEASED_DEMO
 
+    run_dir = run_dir or RELEASED_DEMO
     r = predict_paths(inputs, run_dir, out_dir, tta=tta, device=device, score_thresh=score_thresh,
                       manifest=manifest)
     click.echo(f"predict: {r['images']} images, {r['detections']} detections, "

@@ -1,0 +1,48 @@
+# Experiment grids (pdsl/engine/grid.py): `snakemake --cores 2 ablation` runs the Table 1 /
+# Fig. 3 grid of pipeline/grids/ablation-demo.yaml after the demo's caches and pretrained
+# backbone exist, and writes pipeline/results/ablation-demo.{json,md,png}. The cells live in
+# RUNS/grid-<name>/<variant>/seed<k>/ and are never re-run once finished; the committed
+# results count as finished (inputs are `ancient`): `--forcerun grid` re-tabulates, training
+# only the cells that RUNS/grid-<name>/ lacks.
+
+
+def grid_inputs(wildcards):
+    """The data files a grid spec names (train/eval manifests and caches, a pretrained backbone),
+    so the demo workflow builds them first."""
+    import yaml
+
+    spec = yaml.safe_load(open(f"pipeline/grids/{wildcards.grid}.yaml"))
+    paths = [spec["train"]["manifest"], spec["train"]["cues"], spec["eval"]["manifest"],
+             spec["eval"]["cues"]]
+    paths += [o.split("=", 1)[1] for o in spec["train"].get("overrides") or []
+              if o.startswith("model.pretrained=") and o.endswith(".pth")]
+    return [ancient(p) for p in paths]
+
+
+rule grid:
+    """Train and evaluate a grid's variants over its seeds (resumable) and tabulate them."""
+    input:
+        spec="pipeline/grids/{grid}.yaml",
+        data=grid_inputs,
+    output:
+        json="pipeline/results/{grid}.json",
+        md="pipeline/results/{grid}.md",
+        png="pipeline/results/{grid}.png",
+    params:
+        python=PYTHON,
+        out=f"{RUNS}/grid-{{grid}}",
+    log:
+        f"{RUNS}/grid-{{grid}}/grid.log",
+    threads: 2  # one cell per core, one torch thread each
+    resources:
+        mem_mb=8000,
+        runtime=600,  # minutes
+    shell:
+        "{params.python} cli.py grid --spec {input.spec} --out {params.out} "
+        "--results pipeline/results/{wildcards.grid} --jobs {threads} --threads 1 > {log} 2>&1"
+
+
+rule ablation:
+    """Table 1 and Fig. 3 of the paper on the demo data, 3 seeds (README: Ablations)."""
+    input:
+        "pipeline/results/ablation-demo.json",

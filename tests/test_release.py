@@ -1,0 +1,97 @@
+"""`cli.py export-model` and the released demo model that `cli.py predict` uses by default."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pdsl.cues.cache import cache_cues
+from pdsl.cues.seeds import SeedParams
+from pdsl.engine.release import RELEASED_DEMO, export_model
+from pdsl.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
+        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
+        "model.hidden_dim=32", "model.mask_dim=16"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from pdsl.datasets import prepare_data
+    from pdsl.engine.train import train
+
+    d = tmp_path_factory.mktemp("release")
+    prepare_data("synthetic", d / "train.json", "train", num_images=3, seed=4, progress=False)
+    cache_cues(d / "train.json", "builtin", d / "train.h5", workers=1, shard_size=8,
+               params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
+    torch.manual_seed(0)
+    train("pipeline/configs/demo.yaml", d / "train.json", d / "train.h5", d / "run", overrides=TINY)
+    return d
+
+
+def _image(path, seed=11):
+    from pdsl.datasets.synthetic import render_image
+
+    img, insts = render_image(np.random.default_rng(seed))
+    cv2.imwrite(str(path), img)
+    return insts
+
+
+def _predict(run_dir, image_path):
+    from pdsl.engine.evaluate import load_run
+    from pdsl.engine.inference import TestParams, predict_image
+    from pdsl.io import read_image
+    from pdsl.proposals import make_source
+
+    model, cfg, names, _ = load_run(run_dir)
+    image = read_image(image_path)
+    H, W = image.shape[:2]
+    prop = make_source("builtin").get({"id": 1, "file_name": image_path.name, "height": H,
+                                       "width": W}, image_path, image=image)
+    return predict_image(model, image, prop["boxes"], prop["scores"], TestParams.from_config(cfg, False)), names
+
+
+def test_export_is_weights_only_and_predicts_like_the_run(run, tmp_path):
+    out = tmp_path / "rel"
+    path = export_model(run / "run", out)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(ckpt) >= {"model", "config", "class_names"} and "optimizer" not in ckpt
+    assert path.stat().st_size < (run / "run" / (run / "run" / "last_checkpoint").read_text().strip()).stat().st_size
+    assert json.loads((out / "run.json").read_text())["categories"]
+    _image(tmp_path / "x.png")
+    p_run, _ = _predict(run / "run", tmp_path / "x.png")
+    p_rel, _ = _predict(out, tmp_path / "x.png")
+    assert np.allclose(p_run["scores"], p_rel["scores"]) and (p_run["masks"] == p_rel["masks"]).all()
+    # half precision: half the bytes, predictions loaded back in float32
+    half = export_model(run / "run", tmp_path / "half", half=True)
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    p_half, _ = _predict(tmp_path / "half", tmp_path / "x.png")
+    assert len(p_half["scores"]) > 0
+    with pytest.raises(ConfigError, match="never overwritten"):
+        export_model(run / "run", out)
+    export_model(run / "run", out, force=True)
+
+
+def test_released_demo_model_predicts_a_generated_image(tmp_path):
+    assert (RELEASED_DEMO / "model.pth").stat().st_size <= 10 * 1024 * 1024
+    metrics = json.loads((RELEASED_DEMO / "metrics.json").read_text())
+    assert metrics["segm"]["AP50"] > 0 and metrics["bbox"]["AP50"] > 0
+    insts = _image(tmp_path / "shapes.png", seed=3)
+    r = subprocess.run([sys.executable, "cli.py", "predict", str(tmp_path / "shapes.png"), "--out",
+                        str(tmp_path / "pred"), "--device", "cpu"], cwd=REPO, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    preds = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    names = {c["id"]: c["name"] for c in preds["categories"]}
+    assert len(names) == 4 and (tmp_path / "pred" / "shapes_pred.png").is_file()
+    # the trained model finds at least one of the generated image's objects' classes
+    from pdsl.datasets.synthetic import CLASS_NAMES
+
+    truth = {CLASS_NAMES[c] for c, _ in insts}
+    found = {names[a["category_id"]] for a in preds["annotations"]}
+    assert found & truth, (found, truth)
