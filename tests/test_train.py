@@ -208,3 +208,18 @@ def test_cli_train_and_bad_override(tiny, tmp_path):
     assert (tmp_path / "checkpoints/model_0000001.pth").is_file()
     r = CliRunner().invoke(cli, args + ["solver.lr=0.1"])
     assert r.exit_code == 2 and "valid keys of solver" in r.output
+
+
+def test_acl_warmup_ramps_the_correlation_term(tiny, tmp_path):
+    cfg = T.load_config(None, [("solver.acl_warmup_iters", 4)])
+    assert [T.loss_weights(cfg, s)["loss_acl"] for s in (0, 1, 2, 4, 9)] == [0, 0.25, 0.5, 1, 1]
+    assert T.loss_weights(T.load_config(None, []), 0)["loss_acl"] == 1.0  # default: no ramp
+    # step 0 of a ramped run trains exactly as ACL off; without the ramp ACL changes the weights
+    common = ["solver.max_iter=1", "train.checkpoint_period=1", "model.dropout=0.0"]
+    _train(tiny, tmp_path / "ramp", *common, "model.acl=true", "solver.acl_warmup_iters=5")
+    _train(tiny, tmp_path / "off", *common, "model.acl=false")
+    _train(tiny, tmp_path / "on", *common, "model.acl=true")
+    w = {k: _state(tmp_path / k / "checkpoints" / "model_0000001.pth")["model"]
+         for k in ("ramp", "off", "on")}
+    assert all(torch.equal(w["ramp"][n], w["off"][n]) for n in w["off"])
+    assert not all(torch.equal(w["on"][n], w["off"][n]) for n in w["off"])

@@ -78,6 +78,14 @@ def lr_factor(cfg):
     return factor
 
 
+def loss_weights(cfg, step: int) -> dict:
+    """Weights of the loss terms at optimiser step ``step`` (0-based): 1 for every term except
+    ``loss_acl``, which ramps linearly from 0 at step 0 to 1 at ``solver.acl_warmup_iters`` (a
+    warm-up of the correlation loss while the detector's scores are still low; 0 = off)."""
+    warm = cfg.solver.acl_warmup_iters
+    return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0}
+
+
 def step_seed(seed: int, step: int, slot: int) -> int:
     """torch seed of forward pass ``slot`` (= micro-batch × world + rank) of step ``step``."""
     return int(np.random.SeedSequence([int(seed), int(step), int(slot), 7]).generate_state(1)[0])
@@ -147,7 +155,8 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
         with (contextlib.nullcontext() if sync else model.no_sync()):
             with autocast(ctx.amp, ctx.device):
                 losses = model(images, proposals, scores, targets)
-            total = sum(losses.values())
+            weights = loss_weights(ctx.cfg, step)
+            total = sum(v * weights.get(k, 1.0) for k, v in losses.items())
             scaler.scale(total / ctx.accum).backward()
         vec = torch.stack([v.detach().float() for v in losses.values()])
         loss_sum = vec if loss_sum is None else loss_sum + vec
