@@ -39,6 +39,7 @@ CHOICES = {
     "model.mask_specific_weight": ("none", "image_score"),
     "model.acl_target": ("matched_top", "own"),
     "model.box_pooler": ("roipool", "roialign"),
+    "model.learning": ("parallel", "cascade"),
     "train.device": ("auto", "cpu", "cuda"),
     "solver.amp": ("off", "fp16", "bf16"),
 }
@@ -215,6 +216,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config: input.pixel_mean and input.pixel_std need 3 values (RGB)")
     if not 0 < i.test_nms <= 1:
         raise ConfigError(f"config: input.test_nms must be in (0, 1], got {i.test_nms}")
+    if cfg.model.learning == "cascade" and cfg.model.acl:
+        raise ConfigError("config: model.learning=cascade needs model.acl=false (ACL, eq. 6-8, "
+                          "couples the parallel branches; the cascade has no feedback)")
     if not 0 <= cfg.model.freeze_at <= 5:
         raise ConfigError(f"config: model.freeze_at must be in 0..5 (5 = whole backbone), got "
                           f"{cfg.model.freeze_at}")

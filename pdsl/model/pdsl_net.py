@@ -29,6 +29,7 @@ from pdsl.losses import (activation_correlation_loss, detection_activation, inst
                          mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
                          wsddn_mil_loss)
 from pdsl.model.backbone import build_backbone
+from pdsl.model.cascade import cascade_mask_inputs
 from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
 from pdsl.model.seeds import seed_mask_targets, select_seeds
 
@@ -45,6 +46,7 @@ CHOICES = {
     "mask_specific_weight": ("none", "image_score"),
     "acl_target": ("matched_top", "own"),
     "box_pooler": ("roipool", "roialign"),
+    "learning": ("parallel", "cascade"),
 }
 
 class PDSLNet(nn.Module):
@@ -83,6 +85,10 @@ class PDSLNet(nn.Module):
             proposal's own score, paper eq. 8).
         acl_agnostic: ACL also on the class-agnostic head M⁰ (authors; eq. 6 sums m = 1..n_m).
         box_pooler: ``roipool`` (paper, authors) | ``roialign``.
+        learning: ``parallel`` (PDSL, §3) | ``cascade``: the detection-to-segmentation baseline
+            of Fig. 3 (§4.4; ``pdsl.model.cascade``): the mask heads train on the last head's
+            detected boxes and the proposals assigned to them, with pseudo masks derived from
+            those boxes, on detached features; needs ``acl=False``.
     """
 
     def __init__(self, num_classes: int, backbone: str = "resnet18_trunc", n_refine: int = 4,
@@ -95,13 +101,15 @@ class PDSLNet(nn.Module):
                  refine_weight: str = "image_score", refine_box_loss: str = "weighted_l1",
                  mask_targets: str = "binary", empty_mask_to_box: bool = True,
                  mask_specific_weight: str = "none", acl_target: str = "matched_top",
-                 acl_agnostic: bool = True, box_pooler: str = "roipool"):
+                 acl_agnostic: bool = True, box_pooler: str = "roipool",
+                 learning: str = "parallel"):
         super().__init__()
         for name, v in (("mil_reduction", mil_reduction), ("refine_pseudo_box", refine_pseudo_box),
                         ("refine_weight", refine_weight), ("refine_box_loss", refine_box_loss),
                         ("mask_targets", mask_targets),
                         ("mask_specific_weight", mask_specific_weight),
-                        ("acl_target", acl_target), ("box_pooler", box_pooler)):
+                        ("acl_target", acl_target), ("box_pooler", box_pooler),
+                        ("learning", learning)):
             if v not in CHOICES[name]:
                 raise ConfigError(f"PDSLNet: {name} must be one of {', '.join(CHOICES[name])}, "
                                   f"got {v!r}")
@@ -114,6 +122,10 @@ class PDSLNet(nn.Module):
         self.mask_targets, self.empty_mask_to_box = mask_targets, bool(empty_mask_to_box)
         self.mask_specific_weight, self.acl_target = mask_specific_weight, acl_target
         self.acl_agnostic = bool(acl_agnostic)
+        self.learning = learning
+        if learning == "cascade" and acl:
+            raise ConfigError("PDSLNet: learning=cascade needs acl=False (ACL, eq. 6-8, is the "
+                              "parallel branches' coupling; the cascade has no feedback)")
         for name, v, lo in (("num_classes", num_classes, 1), ("n_refine", n_refine, 0),
                             ("n_mask", n_mask, 0), ("n_seed", n_seed, 1),
                             ("hidden_dim", hidden_dim, 1), ("mask_dim", mask_dim, 1),
@@ -163,7 +175,8 @@ class PDSLNet(nn.Module):
         proposals = [p.to(images.dtype) for p in proposals]
         features = self.backbone(images)
         if self.training:
-            return self._losses(features, proposals, proposal_scores, targets)
+            return self._losses(features, proposals, proposal_scores, targets,
+                                image_size=images.shape[-2:])
         return self.detect(features, proposals, proposal_scores, image_size=images.shape[-2:])
 
     # ------------------------------------------------------------------------------------------
@@ -230,7 +243,7 @@ class PDSLNet(nn.Module):
         return torch.sigmoid(torch.stack([s[idx, lab] for s in specific]).mean(0))
 
     # ------------------------------------------------------------------------------------------
-    def _losses(self, features, proposals, proposal_scores, targets) -> dict:
+    def _losses(self, features, proposals, proposal_scores, targets, image_size=None) -> dict:
         s0, refine = self._heads(features, proposals, proposal_scores)
         losses = {k: [] for k in LOSS_KEYS}
         mask_boxes, mask_info = [], []
@@ -259,6 +272,17 @@ class PDSLNet(nn.Module):
                 if self.refine_pseudo_box == "regressed":
                     prev_boxes = decode_box_deltas(deltas.detach(), props)     # [P, C, 4]
             losses["loss_refine"].append(loss_ref)
+            if self.learning == "cascade":  # the mask branch on the final detections (cascade.py)
+                boxes_i, cls_fg, m_t, m_valid = cascade_mask_inputs(
+                    prev, props, t, prev_boxes, self.fg_iou, self.mask_per_image,
+                    tgt["bank_masks"], tgt["bank_boxes"], tgt["proposal_to_bank"],
+                    tgt.get("bank_valid"), image_size)
+                if self.mask_targets == "binary":
+                    m_t = (m_t >= 0.5).to(m_t.dtype)
+                mask_boxes.append(boxes_i)
+                w_mask = y.detach()[cls_fg] if self.mask_specific_weight == "image_score" else None
+                mask_info.append((cls_fg, m_t, m_valid, w_mask, None))
+                continue
 
             # Mask proposals (eq. 5, 7): t_p^{n_r} = class of the last head's top (pseudo) box
             # that the proposal overlaps with IoU ≥ fg_iou (the authors' code: the last head's
@@ -284,7 +308,9 @@ class PDSLNet(nn.Module):
 
         # One mask-head call for the whole batch (also when no image has a foreground proposal,
         # so that every parameter takes part in the graph).
-        agnostic, specific = self.mask_head(features, mask_boxes)
+        # Cascade: segmentation does not feed back into the backbone (nor detection).
+        mask_features = features.detach() if self.learning == "cascade" else features
+        agnostic, specific = self.mask_head(mask_features, mask_boxes)
         counts = [b.shape[0] for b in mask_boxes]
         agnostic = agnostic.split(counts)
         specific = [s.split(counts) for s in specific]
