@@ -82,17 +82,19 @@ def load_spec(path) -> dict:
 
 
 def cells(spec: dict, only=None) -> list[Cell]:
-    """Every (variant, seed) of the spec, variants in spec order; ``only`` keeps those variants."""
+    """Every (variant, seed) of the spec, seed by seed (every variant of the first seed before the
+    second seed: a grid stopped early still compares every variant); ``only`` keeps those
+    variants."""
     unknown = set(only or ()) - set(spec["variants"])
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; the spec has "
                           f"{list(spec['variants'])}")
     base = tuple(spec["train"].get("overrides") or ())
     out = []
-    for name, v in spec["variants"].items():
-        if only and name not in only:
-            continue
-        for seed in spec["seeds"]:
+    for seed in spec["seeds"]:
+        for name, v in spec["variants"].items():
+            if only and name not in only:
+                continue
             out.append(Cell(name, seed, v.get("kind", "pdsl"),
                             base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",)))
     return out
