@@ -37,6 +37,7 @@ def cli():
       cue-report    proposal recall, bank coverage and seed-mask quality of a cache
       pretrain-backbone  image-level initialisation on the same labels (no ImageNet offline)
       train         manifest + cues -> run dir (config, metrics, checkpoints)
+      train-supervised  the fully supervised Mask R-CNN ceiling (GT or pseudo-label masks)
       eval          run + split -> metrics (pycocotools), results json, report.md
       predict       run + any images -> overlays and a COCO json (no cache needed)
     Stage pieces used by Snakemake shards: proposals-shard, seeds-shard, merge-cues.
@@ -247,6 +248,46 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
         overrides=list(overrides))
 
 
+@cli.command("train-supervised")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="PDSL run config YAML: its model.backbone/pretrained/freeze_at, head "
+                   "widths, input and solver sections are used.")
+@click.option("--manifest", type=click.Path(dir_okay=False), required=True,
+              help="Manifest json of the training split (images, classes, GT annotations).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory (same layout as `train`; run.json records kind maskrcnn).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+              help="COCO instances json (RLE or polygon masks; image and category ids of "
+                   "MANIFEST) to train on instead of the manifest's GT, e.g. pseudo labels. "
+                   "A bare list of records (coco_instances_results.json) is accepted too.")
+@click.option("--max-iter", type=click.IntRange(1), default=None,
+              help="Optimiser steps (overrides solver.max_iter).")
+@click.option("--resume", is_flag=True,
+              help="Continue from OUT/last_checkpoint (same config and annotations).")
+@click.argument("overrides", nargs=-1)
+def train_supervised_cmd(config_path, manifest, out_dir, annotations, max_iter, resume,
+                         overrides):
+    """Train the fully supervised ceiling: a Mask R-CNN with PDSL's backbone and budget.
+
+    torchvision's Mask R-CNN on the SAME backbone and initialisation as the PDSL config, with
+    PDSL's head widths and the SAME solver, input scales, flip, seed and device, trained on
+    instance masks: the manifest's GT (the upper bound for PDSL), or --annotations (e.g. a
+    retrain on PDSL's pseudo labels). Crowd annotations are not targets; images without a usable
+    one are skipped. `cli.py eval --run OUT` scores it like a PDSL run (the Mask R-CNN ignores
+    the --cues proposals); `predict` works too. OVERRIDES: KEY=VALUE pairs, as for `train`.
+
+    \b
+    Examples:
+      python cli.py train-supervised --config pipeline/configs/demo.yaml --manifest data/synthetic/train.json --out runs/demo_maskrcnn model.pretrained=runs/demo/backbone.pth
+      python cli.py eval --run runs/demo_maskrcnn --manifest data/synthetic/val.json --cues data/cues/synthetic/val/cues.h5
+      python cli.py train-supervised --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --annotations runs/voc/pseudo_labels.json --out runs/voc_retrain
+    """
+    from pdsl.engine.supervised import train_supervised
+
+    train_supervised(config_path, manifest, out_dir, annotations=annotations, max_iter=max_iter,
+                     resume=resume, overrides=list(overrides))
+
+
 @cli.command("pretrain-backbone")
 @click.option("--manifest", type=click.Path(dir_okay=False), required=True,
               help="Training manifest (its image-level labels are the only supervision).")
@@ -280,11 +321,13 @@ def pretrain_backbone_cmd(manifest, val_manifest, out, backbone, epochs, size, l
 
 @cli.command("eval")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
-              help="Run directory of `cli.py train` (its last_checkpoint is used).")
+              help="Run directory of `cli.py train` or `train-supervised` (its last_checkpoint "
+                   "is used).")
 @click.option("--manifest", type=click.Path(dir_okay=False), required=True,
               help="Manifest of the split to evaluate (GT masks for the metrics).")
 @click.option("--cues", type=click.Path(dir_okay=False), required=True,
-              help="Cue cache of that split (its proposals are used).")
+              help="Cue cache of that split (its proposals are used; a train-supervised run "
+                   "ignores them).")
 @click.option("--tta", is_flag=True,
               help="Test-time augmentation: every input.test_scales scale + flips (paper §4.3); "
                    "default single middle scale.")

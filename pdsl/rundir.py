@@ -9,7 +9,9 @@ config, and ``train`` refuses to write into a directory that holds another run.
 
 Keys that do not change what is learned, or that a resumed run may legitimately change, are left
 out of the hash: :data:`HASH_EXCLUDES` (e.g. a longer ``solver.max_iter`` extends a run).
-``run.json`` also records the manifest's categories (id and name), which ``predict`` writes.
+``run.json`` also records the manifest's categories (id and name), which ``predict`` writes, and
+the run's ``kind``: ``pdsl`` (``cli.py train``; also a run.json without the key) or ``maskrcnn``
+(``cli.py train-supervised``); neither trainer resumes the other's run.
 A directory made before ``run.json`` existed is judged by its ``config.yaml``.
 """
 from __future__ import annotations
@@ -78,9 +80,10 @@ def _recorded(run_dir: Path) -> tuple[str | None, dict | None]:
     return None, None
 
 
-def check_run_dir(run_dir, cfg_dict: dict, resume: bool) -> bool:
+def check_run_dir(run_dir, cfg_dict: dict, resume: bool, kind: str = "pdsl") -> bool:
     """Refuse (ConfigError) to train into ``run_dir`` unless it is new/empty, or ``resume`` and
-    it holds a run of the same config hash. Returns whether it already holds that run."""
+    it holds a run of the same ``kind`` and config hash. Returns whether it already holds that
+    run."""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir}: exists and is not a directory")
@@ -94,6 +97,11 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool) -> bool:
             f"run directory {run_dir} already holds a run ({', '.join(present)}); refusing to "
             f"overwrite it: pass --resume to continue it with the same config, or choose a new "
             f"--out (nothing was changed)")
+    theirs = run_kind(run_dir)
+    if theirs != kind:
+        raise ConfigError(f"run directory {run_dir} holds a {theirs} run, not a {kind} run; "
+                          f"resume it with {_TRAINER.get(theirs, 'its own trainer')}, or train "
+                          f"into a new --out (nothing was changed)")
     if old is None:
         raise ConfigError(f"run directory {run_dir} holds {', '.join(present)} but no "
                           f"config.yaml or {RECORD} saying which config made it; refusing to "
@@ -113,8 +121,12 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool) -> bool:
     return True
 
 
-def record_run(run_dir, cfg_dict: dict, manifest) -> None:
-    """Write ``RUN_DIR/run.json`` (config hash, categories, manifest) if it is not there yet."""
+_TRAINER = {"pdsl": "`cli.py train`", "maskrcnn": "`cli.py train-supervised`"}
+
+
+def record_run(run_dir, cfg_dict: dict, manifest, extra: dict | None = None) -> None:
+    """Write ``RUN_DIR/run.json`` (config hash, categories, manifest, and ``extra`` keys such as
+    ``kind``) if it is not there yet."""
     from .io import write_json_atomic
 
     path = Path(run_dir) / RECORD
@@ -125,7 +137,25 @@ def record_run(run_dir, cfg_dict: dict, manifest) -> None:
                        "categories": [{"id": int(c["id"]), "name": c["name"]}
                                       for c in manifest.categories],
                        "manifest": str(manifest.path),
-                       "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, path, indent=2)
+                       "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})},
+                      path, indent=2)
+
+
+def run_record(run_dir) -> dict:
+    """The contents of ``RUN_DIR/run.json`` ({} if there is none)."""
+    path = Path(run_dir) / RECORD
+    if not path.is_file():
+        return {}
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+    return rec if isinstance(rec, dict) else {}
+
+
+def run_kind(run_dir) -> str:
+    """``pdsl`` or ``maskrcnn``: which trainer made the run (``pdsl`` if not recorded)."""
+    return str(run_record(run_dir).get("kind", "pdsl"))
 
 
 def run_categories(run_dir) -> list[dict] | None:

@@ -46,14 +46,15 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, scaler, cfg,
-                    class_names) -> Path:
-    """``checkpoints/model_{step:07d}.pth`` then the ``last_checkpoint`` pointer, each atomic."""
+                    class_names, extra: dict | None = None) -> Path:
+    """``checkpoints/model_{step:07d}.pth`` then the ``last_checkpoint`` pointer, each atomic.
+    ``extra``: more top-level keys (a Mask R-CNN run: ``kind`` and ``maskrcnn``)."""
     name = f"checkpoints/model_{step:07d}.pth"
     ckpt = {"format": CHECKPOINT_FORMAT, "step": step,
             "model": getattr(model, "module", model).state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(), "rng": _rng_state(), "config": to_dict(cfg),
-            "class_names": list(class_names)}
+            "class_names": list(class_names), **(extra or {})}
     with atomic_path(out_dir / name) as tmp:
         torch.save(ckpt, tmp)
     with atomic_path(out_dir / "last_checkpoint") as tmp:

@@ -17,7 +17,9 @@ from ..manifest import load_manifest
 
 
 def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
-    """Model (eval mode), config and class names of a run directory's last (or given) checkpoint.
+    """Model (eval mode), config and class names of a run directory's last (or given) checkpoint:
+    a PDSLNet, or for a checkpoint of ``cli.py train-supervised`` (``kind: maskrcnn``) the
+    Mask R-CNN, which :func:`predict_image` runs on its own (it ignores the proposals).
 
     Refuses a checkpoint trained on another class set, or whose weights do not fit the model its
     own config describes (another config), with a message naming both."""
@@ -34,7 +36,13 @@ def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
     if class_names is not None:
         check_classes(ckpt, class_names, path)
     cfg = config_from_dict(ckpt["config"])
-    model = build_model(cfg, len(ckpt["class_names"]))
+    if ckpt.get("kind") == "maskrcnn":  # `cli.py train-supervised` (pdsl/engine/supervised.py)
+        from ..model.maskrcnn import build_maskrcnn
+
+        model = build_maskrcnn(cfg, len(ckpt["class_names"]), load_pretrained=False,
+                               sizes=(ckpt.get("maskrcnn") or {}).get("anchor_sizes"))
+    else:
+        model = build_model(cfg, len(ckpt["class_names"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -267,7 +275,9 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
     model, cfg, names, _ = load_run(run_dir, None, device)
     cat_ids = run_category_ids(run_dir, names, manifest)
     params = TestParams.from_config(cfg, tta)
-    source = make_source(proposals)
+    uses_proposals = getattr(model, "uses_proposals", True)  # a Mask R-CNN run makes its own
+    source = make_source(proposals) if uses_proposals else None
+    no_proposals = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32)}
     exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
     files = []
     for inp in inputs:
@@ -288,7 +298,7 @@ def predict_paths(inputs, run_dir, out_dir, tta: bool = False, device: str = "au
             image = read_image(f)
             H, W = image.shape[:2]
             prop = source.get({"id": k, "file_name": f.name, "height": H, "width": W}, f,
-                              image=image)
+                              image=image) if uses_proposals else no_proposals
         except PDSLError as e:
             click.echo(f"predict: skipped {f}: {e}", err=True)
             skipped.append(str(f))

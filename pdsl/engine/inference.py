@@ -58,9 +58,12 @@ def predict_image(model, image_bgr: np.ndarray, proposals: np.ndarray, proposal_
     Returns dict (numpy, original-image frame): ``boxes [K, 4]``, ``scores [K]``, ``labels [K]``
     (0-based class index), ``masks bool [K, H, W]`` (if ``with_masks``), ``class_scores [C]``
     (image-level: max over proposals of the averaged detection scores).
+    A Mask R-CNN of ``cli.py train-supervised`` ignores the proposals and returns the same keys.
     """
     from torchvision.ops import batched_nms
 
+    if hasattr(model, "predict_full_image"):  # the supervised Mask R-CNN (pdsl/model/maskrcnn.py)
+        return model.predict_full_image(image_bgr, p, device, with_masks)
     was_training = model.training
     model.eval()
     amp = effective_amp(p.amp, device)  # fp16 runs in float32 on a CPU
