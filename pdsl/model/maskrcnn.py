@@ -41,6 +41,12 @@ ASPECT_RATIOS = (0.5, 1.0, 2.0)
 TEST_SCORE_THRESH = 0.05
 TEST_NMS = 0.5
 MASK_THRESHOLD = 0.5
+#: RoIs sampled per training image for the box head (25 % foreground; the mask head takes the
+#: foreground ones). torchvision's default is 512; on a CPU its RoIAlign backward then takes
+#: half of a step: measured on the demo, 1 thread, 4 images: 512 -> 2.4-4.2 s/step, 128 ->
+#: 0.9-1.4 s/step (README "Fully supervised ceiling"). PDSL's mask heads
+#: see at most model.mask_per_image (32 on the demo) foreground proposals per image.
+BOX_BATCH_PER_IMAGE = 128
 
 
 def anchor_sizes(train_scales) -> tuple:
@@ -150,7 +156,7 @@ def build_maskrcnn(cfg, num_classes: int, sizes=None, load_pretrained: bool = Tr
         mask_roi_pool=MultiScaleRoIAlign(["0"], 14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(ch, (int(m.mask_dim),) * 4, 1),
         mask_predictor=MaskRCNNPredictor(int(m.mask_dim), int(m.mask_dim), num_classes + 1),
-        box_detections_per_img=100)
+        box_detections_per_img=100, box_batch_size_per_image=BOX_BATCH_PER_IMAGE)
     model.transform = GeneralizedRCNNTransform(
         tuple(int(s) for s in i.train_scales), int(i.max_size), list(i.pixel_mean),
         list(i.pixel_std), size_divisible=int(i.size_divisibility))
