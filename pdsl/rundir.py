@@ -4,8 +4,9 @@ config, and ``train`` refuses to write into a directory that holds another run.
 * a new (or empty) directory: the run starts and ``run.json`` is written;
 * a directory holding a run (``config.yaml``, ``metrics.jsonl``, ``checkpoints/``,
   ``last_checkpoint`` or ``run.json``) without ``--resume``: refused, nothing is touched;
-* with ``--resume``: allowed only if the resolved config has the same hash; else refused with
-  the keys that differ.
+* with ``--resume``: allowed only if the resolved config has the same hash, or differs only in
+  keys that did not exist when the run was made and are at their defaults (a run made by an
+  earlier version resumes); else refused with the keys that differ.
 
 Keys that do not change what is learned, or that a resumed run may legitimately change, are left
 out of the hash: :data:`HASH_EXCLUDES` (e.g. a longer ``solver.max_iter`` extends a run).
@@ -111,6 +112,13 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool, kind: str = "pdsl") -> 
         if old_cfg is not None:
             a, b = _flat(_hashed_part(old_cfg)), _flat(_hashed_part(cfg_dict))
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            if keys and all(k not in a and b.get(k) == _defaults().get(k) for k in keys):
+                # keys a later version added, at their defaults: the same run
+                import sys
+
+                print(f"resume {run_dir}: made before the config keys {', '.join(keys)} "
+                      f"existed; they keep their defaults", file=sys.stderr)
+                return True
             diff = "; differs in " + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
                                                for k in keys[:6]) + (" ..." if len(keys) > 6 else "")
         raise ConfigError(
@@ -119,6 +127,12 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool, kind: str = "pdsl") -> 
             f"{run_dir / 'config.yaml'}): resume with it, or train into a new --out (nothing "
             f"was changed)")
     return True
+
+
+def _defaults() -> dict:
+    from .config import default_config, to_dict
+
+    return _flat(to_dict(default_config()))
 
 
 _TRAINER = {"pdsl": "`cli.py train`", "maskrcnn": "`cli.py train-supervised`"}

@@ -138,3 +138,11 @@ def test_bad_specs_name_the_field(tmp_path, data):
     spec = G.load_spec(_spec(data, tmp_path / "d.yaml", {"a": []}))
     with pytest.raises(ConfigError, match="unknown variant"):
         G.cells(spec, only=["nope"])
+
+
+def test_a_failed_cell_does_not_stop_the_others(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"bad": ["model.no_such_key=1"], "ok": []}, seeds=[0])
+    with pytest.raises(G.GridError, match=r"1 of 2 cells failed[\s\S]*bad seed 0: .*no_such_key"):
+        G.run_grid(spec, tmp_path / "cells", echo=lambda m: None)
+    assert (tmp_path / "cells" / "ok" / "seed0" / "cell.json").is_file()
+    assert not (tmp_path / "cells" / "bad" / "seed0" / "cell.json").exists()

@@ -81,3 +81,33 @@ def test_an_empty_or_new_directory_is_a_new_run(tiny, tmp_path):
     (tmp_path / "empty" / "logs").mkdir(parents=True)     # Snakemake makes logs/ first
     _train(tiny, tmp_path / "empty", max_iter=1)
     assert (tmp_path / "empty" / "run.json").is_file()
+
+
+def _as_if_made_before(run: Path, key: str) -> None:
+    """Rewrite a run's config.yaml and run.json as a version without config key ``key`` made it."""
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    section, name = key.split(".")
+    del cfg[section][name]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rec = json.loads((run / "run.json").read_text())
+    rec["config_sha1"] = config_hash(cfg)
+    (run / "run.json").write_text(json.dumps(rec))
+
+
+def test_run_of_an_earlier_version_resumes_when_new_keys_keep_their_defaults(tiny, tmp_path):
+    import shutil
+
+    run = tmp_path / "old"
+    _train(tiny, run, "train.checkpoint_period=1", max_iter=2)
+    _as_if_made_before(run, "solver.acl_warmup_iters")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    _train(tiny, run, "train.checkpoint_period=1", max_iter=3, resume=True)  # the default: same run
+    assert (run / "checkpoints" / "model_0000003.pth").is_file()
+    before = _snapshot(copy)
+    with pytest.raises(ConfigError, match="solver.acl_warmup_iters: None -> 5"):
+        _train(tiny, copy, "train.checkpoint_period=1", "solver.acl_warmup_iters=5", max_iter=3,
+               resume=True)  # a new key set away from its default is another run
+    assert _snapshot(copy) == before

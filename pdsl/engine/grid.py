@@ -23,18 +23,22 @@ import json
 import math
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PDSLError
 from ..io import read_data_file, write_json_atomic
 
 #: metrics tabulated per variant: (column, metrics.json section, key)
 COLUMNS = (("mask AP50", "segm", "AP50"), ("mask AP75", "segm", "AP75"), ("mask AP", "segm", "AP"),
            ("box AP50", "bbox", "AP50"), ("box AP75", "bbox", "AP75"), ("CorLoc", "bbox", "CorLoc"))
 KINDS = ("pdsl", "supervised")
+
+
+class GridError(PDSLError):
+    """Some cells of a grid failed (each with its error); the finished ones are kept."""
 
 
 @dataclass(frozen=True)
@@ -172,17 +176,35 @@ def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = Non
     todo = [c for c in cells(spec, only) if not cell_done(c, spec, out)]
     echo(f"grid {spec_path}: {len(cells(spec, only)) - len(todo)} cells done, {len(todo)} to run "
          f"-> {out}")
+    failed = []
+
+    def report(k, c, rec=None, err=None):
+        if err is not None:
+            failed.append(f"{c.variant} seed {c.seed}: {err}")
+            echo(f"[{k}/{len(todo)}] FAILED {c.variant} seed {c.seed}: {err} "
+                 f"(log: {c.dir(out)}/grid.log)")
+        else:
+            echo(f"[{k}/{len(todo)}] done {c.variant} seed {c.seed}: mask AP50 "
+                 f"{rec['metrics']['mask AP50']}, box AP50 {rec['metrics']['box AP50']}")
+
     if jobs <= 1:
-        for k, c in enumerate(todo):
-            echo(f"[{k + 1}/{len(todo)}] {c.variant} seed {c.seed} (log: {c.dir(out)}/grid.log)")
-            run_cell(c, spec, out, threads)
+        for k, c in enumerate(todo, 1):
+            echo(f"[{k}/{len(todo)}] {c.variant} seed {c.seed} (log: {c.dir(out)}/grid.log)")
+            try:
+                report(k, c, run_cell(c, spec, out, threads))
+            except Exception as e:  # noqa: BLE001 - one failed cell does not stop the others
+                report(k, c, err=e)
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
             futs = {pool.submit(_run_cell_job, (c, spec, out, threads)): c for c in todo}
-            for k, f in enumerate(futs):
-                rec = f.result()
-                echo(f"[{k + 1}/{len(todo)}] done {rec['variant']} seed {rec['seed']}: "
-                     f"mask AP50 {rec['metrics']['mask AP50']}")
+            for k, f in enumerate(as_completed(futs), 1):
+                try:
+                    report(k, futs[f], f.result())
+                except Exception as e:  # noqa: BLE001
+                    report(k, futs[f], err=e)
+    if failed:
+        raise GridError(f"{len(failed)} of {len(todo)} cells failed (the others are kept; run "
+                        f"again to retry only these):\n  " + "\n  ".join(failed))
     return collect(spec, out, only)
 
 
