@@ -18,11 +18,16 @@ from ..io import atomic_path
 CHECKPOINT_FORMAT = 1
 
 
-def build_model(cfg, num_classes: int):
-    """PDSLNet from the ``model`` section (keys are the constructor's arguments)."""
+def build_model(cfg, num_classes: int, load_pretrained: bool = True):
+    """PDSLNet from the ``model`` section (keys are the constructor's arguments).
+    ``load_pretrained=False`` skips ``model.pretrained`` (the weights come from a checkpoint, so
+    a run or release loads where its backbone initialisation file is absent)."""
     from ..model import PDSLNet
 
-    return PDSLNet(num_classes, **cfg.model)
+    kw = dict(cfg.model)
+    if not load_pretrained:
+        kw["pretrained"] = None
+    return PDSLNet(num_classes, **kw)
 
 
 def _rng_state() -> dict:

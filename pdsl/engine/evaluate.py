@@ -42,7 +42,7 @@ def load_run(run_dir, class_names=None, device="cpu", checkpoint=None):
         model = build_maskrcnn(cfg, len(ckpt["class_names"]), load_pretrained=False,
                                sizes=(ckpt.get("maskrcnn") or {}).get("anchor_sizes"))
     else:
-        model = build_model(cfg, len(ckpt["class_names"]))
+        model = build_model(cfg, len(ckpt["class_names"]), load_pretrained=False)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

@@ -16,6 +16,8 @@ import torch
 from ..errors import ConfigError
 from ..io import atomic_path, write_json_atomic
 
+#: checkpoint entries only a resumed training needs
+TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
 #: the demo model committed with the repository (trained by the demo workflow)
 RELEASED_DEMO = Path(__file__).resolve().parents[2] / "pipeline" / "release" / "demo"
 
@@ -41,8 +43,8 @@ def export_model(run_dir, out_dir, half: bool = False, force: bool = False) -> P
              for k, v in ckpt["model"].items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.pth") as tmp:
-        torch.save({"model": state, "config": ckpt["config"], "class_names": ckpt["class_names"],
-                    "step": ckpt.get("step"), "source": str(src)}, tmp)
+        kept = {k: v for k, v in ckpt.items() if k not in TRAINING_STATE}
+        torch.save({**kept, "model": state, "source": str(src)}, tmp)
     with atomic_path(out_dir / "config.yaml") as tmp:
         Path(tmp).write_text(dump_config(config_from_dict(ckpt["config"])))
     if (run_dir / "run.json").is_file():
