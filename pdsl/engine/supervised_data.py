@@ -22,27 +22,15 @@ import torch
 
 from ..data import log, sample_rng
 from ..errors import DataError
+from ..evaluation.coco import any_to_rle
 from ..io import read_data_file, read_image
-
-
-def _rle(seg, h: int, w: int):
-    """pycocotools RLE of a polygon list, an uncompressed or a compressed RLE."""
-    from pycocotools import mask as mask_utils
-
-    if isinstance(seg, list):
-        return mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
-    if isinstance(seg.get("counts"), list):
-        return mask_utils.frPyObjects(seg, h, w)
-    counts = seg["counts"]
-    return {"size": list(seg["size"]),
-            "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def annotation_mask(ann: dict, h: int, w: int) -> np.ndarray:
     """``uint8 [h, w]`` binary mask of one annotation."""
     from pycocotools import mask as mask_utils
 
-    return mask_utils.decode(_rle(ann["segmentation"], h, w))
+    return mask_utils.decode(any_to_rle(ann["segmentation"], h, w))
 
 
 def _check_segmentation(seg, h: int, w: int) -> str | None:
@@ -116,7 +104,7 @@ def load_instances(manifest, annotations=None) -> tuple[dict, dict]:
         if box is None:
             from pycocotools import mask as mask_utils
 
-            box = mask_utils.toBbox(_rle(a["segmentation"], img["height"], img["width"])).tolist()
+            box = mask_utils.toBbox(any_to_rle(a["segmentation"], img["height"], img["width"])).tolist()
         if len(box) != 4 or not (box[2] >= 1 and box[3] >= 1):
             counts["degenerate"] += 1
             continue
