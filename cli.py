@@ -363,6 +363,53 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
             click.echo(f"image-level classification mAP: {m['classification']['mAP']:.1f}")
 
 
+@cli.command("pseudo-label")
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
+              help="Trained PDSL run (or release) that labels the images.")
+@click.option("--manifest", type=click.Path(dir_okay=False), required=True,
+              help="Manifest of the split to label (the training split: its image-level labels "
+                   "decide which classes are kept).")
+@click.option("--cues", type=click.Path(dir_okay=False), required=True,
+              help="That split's cue cache (the proposals).")
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="COCO instances json to write (RLE masks).")
+@click.option("--score-thresh", type=click.FloatRange(0, 1), default=0.3, show_default=True,
+              help="Keep detections of a labelled class scoring at least this.")
+@click.option("--per-class-cap", type=click.IntRange(1), default=10, show_default=True,
+              help="At most this many per labelled class and image.")
+@click.option("--keep-top/--no-keep-top", default=True, show_default=True,
+              help="Keep the top detection of every labelled class whatever its score.")
+@click.option("--tta", is_flag=True, help="Multi-scale + flip test (the run config's scales).")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
+@click.option("--force", is_flag=True, help="Replace an existing OUT.")
+def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, keep_top, tta,
+                     device, force):
+    """Label a split with a trained run: pseudo labels for a fully supervised retrain.
+
+    Only the classes of each image's labels are kept (they are known at training time). The
+    json loads in pycocotools and any detector library; `cli.py train-supervised --annotations
+    OUT` retrains Mask R-CNN on it. Resumable (chunks in OUT.parts/). With GT in the manifest,
+    OUT.quality.json gives precision, recall (mask IoU 0.5) and the matched mask IoU.
+
+    \b
+    Example:
+      python cli.py pseudo-label --run runs/demo --manifest data/synthetic/train.json \\
+          --cues data/cues/synthetic/train/cues.h5 --out runs/demo/pseudo/train.json
+    """
+    from pdsl.engine.pseudo_label import PseudoLabelParams, pseudo_label
+
+    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta)
+    s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
+    q = s.get("quality")
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    click.echo(f"pseudo-label: {s['annotations']} instances on {s['images']} images -> {out}"
+               + (f"; vs GT: precision {f(q['precision'])}, recall {f(q['recall'])}, matched "
+                  f"mask IoU {f(q['matched_mask_iou'])}" if q else ""), err=True)
+
+
 @cli.command("export-model")
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True,
               help="Trained run directory.")

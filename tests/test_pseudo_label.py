@@ -1,0 +1,134 @@
+"""`cli.py pseudo-label`: labelled classes only, threshold and cap, resumable, a COCO json that
+pycocotools and the Mask R-CNN retrain read, and its quality against GT."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pdsl.engine.pseudo_label as PL
+from pdsl.cues.cache import cache_cues
+from pdsl.cues.seeds import SeedParams
+from pdsl.errors import ConfigError
+
+TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
+        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
+        "model.hidden_dim=32", "model.mask_dim=16"]
+
+
+def test_selection_keeps_labelled_classes_threshold_cap_and_top():
+    scores = [0.9, 0.8, 0.7, 0.2, 0.95, 0.1, 0.6]
+    labels = [0, 0, 0, 1, 2, 1, 0]
+    p = PL.PseudoLabelParams(score_thresh=0.5, per_class_cap=2, keep_top=True)
+    # class 0: 0.9, 0.8 (cap 2 of four above 0.5); class 1: none above 0.5 -> its top, 0.2;
+    # class 2 is not labelled: its 0.95 is dropped
+    assert PL.select_pseudo_labels(scores, labels, [0, 1], p).tolist() == [0, 1, 3]
+    p = PL.PseudoLabelParams(score_thresh=0.5, per_class_cap=10, keep_top=False)
+    assert PL.select_pseudo_labels(scores, labels, [0, 1], p).tolist() == [0, 1, 2, 6]
+    assert PL.select_pseudo_labels(scores, labels, [3], p).tolist() == []
+    with pytest.raises(ConfigError, match="per_class_cap"):
+        PL.PseudoLabelParams(per_class_cap=0)
+
+
+def _rle(m):
+    from pycocotools import mask as mask_utils
+
+    r = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+    return {"size": r["size"], "counts": r["counts"].decode()}
+
+
+def test_quality_counts_by_hand():
+    h = w = 10
+    g1 = np.zeros((h, w), bool); g1[0:4, 0:4] = True           # 16 px
+    g2 = np.zeros((h, w), bool); g2[6:10, 6:10] = True         # 16 px
+    d1 = np.zeros((h, w), bool); d1[0:4, 0:3] = True           # IoU 12/16 = 0.75 with g1
+    d2 = np.zeros((h, w), bool); d2[0:4, 0:2] = True           # IoU 0.5 with g1, but g1 taken
+    d3 = np.zeros((h, w), bool); d3[6:10, 8:10] = True         # IoU 8/16 = 0.5 with g2, class 2
+    gts = [{"category_id": 1, "segmentation": _rle(g1)}, {"category_id": 2, "segmentation": _rle(g2)},
+           {"category_id": 1, "segmentation": _rle(g2), "iscrowd": 1}]
+    anns = [{"category_id": 1, "score": 0.9, "segmentation": _rle(d1)},
+            {"category_id": 1, "score": 0.5, "segmentation": _rle(d2)},
+            {"category_id": 2, "score": 0.7, "segmentation": _rle(d3)}]
+    q = PL.QualityCounter()
+    q.add(anns, gts, h, w)
+    r = q.result()
+    assert (r["labels"], r["gt_instances"], r["matched"]) == (3, 2, 2)
+    assert r["precision"] == pytest.approx(2 / 3) and r["recall"] == pytest.approx(1.0)
+    assert r["matched_mask_iou"] == pytest.approx((0.75 + 0.5) / 2)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from pdsl.datasets import prepare_data
+    from pdsl.engine.train import train
+
+    d = tmp_path_factory.mktemp("pseudo")
+    prepare_data("synthetic", d / "train.json", "train", num_images=5, seed=9, progress=False)
+    cache_cues(d / "train.json", "builtin", d / "train.h5", workers=1, shard_size=8,
+               params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
+    torch.manual_seed(0)
+    train("pipeline/configs/demo.yaml", d / "train.json", d / "train.h5", d / "run", overrides=TINY)
+    return d
+
+
+def test_pseudo_labels_resume_and_load_in_pycocotools(run, tmp_path, monkeypatch):
+    from pycocotools.coco import COCO
+
+    from pdsl.manifest import load_manifest
+
+    out = tmp_path / "pseudo.json"
+    params = PL.PseudoLabelParams(score_thresh=0.0, per_class_cap=3)
+    import pdsl.engine.inference as inf
+
+    real, calls = inf.predict_image, []
+
+    def killed_at_the_third_image(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(inf, "predict_image", killed_at_the_third_image)
+    with pytest.raises(KeyboardInterrupt):
+        PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", out, params,
+                        device="cpu", chunk_size=2)
+    assert not out.exists() and len(list((tmp_path / "pseudo.json.parts").glob("part-*"))) == 1
+    calls.clear()
+    monkeypatch.setattr(inf, "predict_image", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    s = PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", out, params,
+                        device="cpu", chunk_size=2)
+    assert len(calls) == 3  # the first chunk's two images were not labelled again
+    assert not (tmp_path / "pseudo.json.parts").exists()
+    coco = COCO(str(out))
+    m = load_manifest(run / "train.json")
+    assert len(coco.getImgIds()) == len(m.images) and s["annotations"] == len(coco.getAnnIds())
+    for a in coco.loadAnns(coco.getAnnIds()):
+        img = m.image_by_id[a["image_id"]]
+        assert a["category_id"] in img["labels"]                # labelled classes only
+        assert coco.annToMask(a).sum() == pytest.approx(a["area"])
+    per = {}
+    for a in coco.loadAnns(coco.getAnnIds()):
+        per[(a["image_id"], a["category_id"])] = per.get((a["image_id"], a["category_id"]), 0) + 1
+    assert max(per.values()) <= 3
+    q = json.loads((tmp_path / "pseudo.quality.json").read_text())["quality"]
+    assert q["labels"] == s["annotations"] and q["gt_instances"] > 0
+    with pytest.raises(ConfigError, match="never overwritten"):
+        PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", out, params, device="cpu")
+
+    # the retrain reads it (one step of the fully supervised Mask R-CNN on the pseudo labels)
+    from pdsl.engine.supervised import train_supervised
+
+    train_supervised("pipeline/configs/demo.yaml", run / "train.json", tmp_path / "retrain",
+                     annotations=out, overrides=TINY[:1] + ["solver.max_iter=1", "train.threads=1",
+                                                            "train.num_workers=0"])
+    assert (tmp_path / "retrain" / "last_checkpoint").is_file()
+
+
+def test_parts_of_another_labelling_are_refused(run, tmp_path):
+    out = tmp_path / "p.json"
+    parts = tmp_path / "p.json.parts"
+    parts.mkdir()
+    (parts / "stamp.json").write_text(json.dumps({"run": "elsewhere"}))
+    with pytest.raises(ConfigError, match="parts of another labelling"):
+        PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", out, device="cpu")
