@@ -44,6 +44,12 @@ if section("train"):
 
         include: "pipeline/rules/eval.smk"
 
+    if section("second_stage"):
+
+        include: "pipeline/rules/second_stage.smk"
+
+        ruleorder: retrain > train
+
 
 include: "pipeline/rules/grid.smk"
 

@@ -18,7 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "pipeline" / "profiles"
-GPU_RULES = {"pretrain", "train", "eval"}
+GPU_RULES = {"pretrain", "train", "eval", "pseudo_label", "retrain"}
 
 
 def _dry_run(tmp_path, gpus: int, *args):
@@ -153,3 +153,41 @@ def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, 
     assert f"--proposals '{src['proposals']}'" in jobs["proposals"]["shell"]
     assert "--nproc_per_node=4 cli.py train" in jobs["train"]["shell"]
     assert f"data/{dataset}/{train_split}.json" in jobs["train"]["shell"].replace(str(tmp_path) + "/", "")
+
+
+def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path):
+    cfg = tmp_path / "second.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
+        "second_stage": {"score_thresh": 0.4, "per_class_cap": 5, "keep_top": False}}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert counts["pseudo_label"] == counts["retrain"] == counts["train"] == "1"
+    assert counts["eval"] == "2"  # the PDSL run and the retrained Mask R-CNN
+    jobs = _jobs(out)
+    assert "--score-thresh 0.4 --per-class-cap 5 --no-keep-top" in jobs["pseudo_label"]["shell"]
+    assert "train-supervised" in jobs["retrain"]["shell"]
+    assert "--annotations " + str(tmp_path / "runs" / "demo" / "pseudo" / "train.json") in \
+        jobs["retrain"]["shell"]
+
+
+def test_grid_target_plans_the_grid_after_the_demo_inputs(tmp_path):
+    """`snakemake pipeline/results/NAME.json` trains the grid after the caches and the pretrained
+    backbone its spec names (a clean clone: every stage)."""
+    import shutil
+
+    work = tmp_path / "repo"
+    shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv*", "data", "runs", ".git",
+                                                              ".snakemake", "__pycache__"))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "pipeline/results/issue9-switches.json",
+                        "-n", "-p", "--cores", "2"], cwd=work, capture_output=True, text=True,
+                       timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert counts["grid"] == counts["pretrain"] == "1" and counts["merge"] == "2"
+    assert "cli.py grid --spec pipeline/grids/issue9-switches.yaml --out runs/grid-issue9-switches" \
+        " --results pipeline/results/issue9-switches --jobs 2 --threads 1" in out

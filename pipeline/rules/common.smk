@@ -2,7 +2,18 @@
 
 import sys
 
-PYTHON = sys.executable  # the interpreter running snakemake, so rules use the same environment
+def _interpreter():
+    """The interpreter running snakemake (rules use the same environment), spelled the same way
+    however snakemake was started (`snakemake`, `python -m snakemake`, `python3 -m ...`): it is
+    a rule param, and a changed param would make Snakemake rebuild every cache."""
+    from pathlib import Path
+
+    canonical = Path(sys.prefix) / "bin" / "python"
+    same = canonical.exists() and Path(sys.executable).resolve() == canonical.resolve()
+    return str(canonical) if same else sys.executable
+
+
+PYTHON = _interpreter()
 DATA = config.get("data_dir", "data")
 DATASET = config["dataset"]
 RUNS = config.get("runs_dir", "runs")
@@ -34,8 +45,9 @@ def section(name):
 
 
 def all_targets():
-    """Cue caches of every split, then (with a `train` section) the trained run, and (with an
-    `eval` section too) its report on the eval split."""
+    """Cue caches of every split, then (with a `train` section) the trained run, (with an
+    `eval` section too) its report on the eval split, and (with `second_stage`) the Mask R-CNN
+    retrained on the run's pseudo labels (and its report)."""
     targets = all_cues()
     if section("train"):
         run = config["train"]["run"]
@@ -43,6 +55,9 @@ def all_targets():
             targets.append(f"{RUNS}/{run}/eval/{config['eval']['split']}/report.md")
         else:
             targets.append(f"{RUNS}/{run}/train.done")
+        if section("second_stage"):  # pseudo labels -> Mask R-CNN retrained on them (-> eval)
+            targets.append(f"{RUNS}/{run}-retrain/eval/{config['eval']['split']}/report.md"
+                           if section("eval") else f"{RUNS}/{run}-retrain/train.done")
     return targets
 
 

@@ -1,14 +1,15 @@
 # Experiment grids (pdsl/engine/grid.py): `snakemake --cores 2 ablation` runs the Table 1 /
 # Fig. 3 grid of pipeline/grids/ablation-demo.yaml after the demo's caches and pretrained
-# backbone exist, and writes pipeline/results/ablation-demo.{json,md,png}. The cells live in
-# RUNS/grid-<name>/<variant>/seed<k>/ and are never re-run once finished; the committed
-# results count as finished (inputs are `ancient`): `--forcerun grid` re-tabulates, training
-# only the cells that RUNS/grid-<name>/ lacks.
+# backbone exist, and writes pipeline/results/ablation-demo.{json,md,png}; any grid spec
+# pipeline/grids/NAME.yaml is the target pipeline/results/NAME.json. The cells live in
+# RUNS/grid-NAME/<variant>/seed<k>/ and a finished cell is never re-run: after a clean clone
+# (the committed results, no cells) the grid trains every cell again; after an interrupted run
+# only the missing ones. Not part of the default target.
 
 
 def grid_inputs(wildcards):
     """The data files a grid spec names (train/eval manifests and caches, a pretrained backbone),
-    so the demo workflow builds them first."""
+    so the workflow builds them first."""
     import yaml
 
     spec = yaml.safe_load(open(f"pipeline/grids/{wildcards.grid}.yaml"))
@@ -16,7 +17,7 @@ def grid_inputs(wildcards):
              spec["eval"]["cues"]]
     paths += [o.split("=", 1)[1] for o in spec["train"].get("overrides") or []
               if o.startswith("model.pretrained=") and o.endswith(".pth")]
-    return [ancient(p) for p in paths]
+    return paths
 
 
 rule grid:
@@ -46,3 +47,7 @@ rule ablation:
     """Table 1 and Fig. 3 of the paper on the demo data, 3 seeds (README: Ablations)."""
     input:
         "pipeline/results/ablation-demo.json",
+    threads: 1
+    resources:
+        mem_mb=100,
+        runtime=1,
