@@ -42,10 +42,9 @@ TEST_SCORE_THRESH = 0.05
 TEST_NMS = 0.5
 MASK_THRESHOLD = 0.5
 #: RoIs sampled per training image for the box head (25 % foreground; the mask head takes the
-#: foreground ones). torchvision's default is 512; on a CPU its RoIAlign backward then takes
-#: half of a step: measured on the demo, 1 thread, 4 images: 512 -> 2.4-4.2 s/step, 128 ->
-#: 0.9-1.4 s/step (README "Fully supervised ceiling"). PDSL's mask heads
-#: see at most model.mask_per_image (32 on the demo) foreground proposals per image.
+#: foreground ones). torchvision's default is 512; on a CPU its RoIAlign backward is then most
+#: of a step (demo data, 1 thread: 2.45 vs 1.18 s/step, pipeline/scripts/bench_ceiling.py).
+#: PDSL's mask heads see at most model.mask_per_image (32 on the demo) proposals per image.
 BOX_BATCH_PER_IMAGE = 128
 
 
