@@ -1,6 +1,5 @@
 """`cli.py grid`: variants x seeds trained and evaluated, resumable, never overwritten, tabulated."""
 import json
-from pathlib import Path
 
 import pytest
 import yaml

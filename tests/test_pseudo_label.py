@@ -1,7 +1,6 @@
 """`cli.py pseudo-label`: labelled classes only, threshold and cap, resumable, a COCO json that
 pycocotools and the Mask R-CNN retrain read, and its quality against GT."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
