@@ -145,3 +145,11 @@ def test_a_failed_cell_does_not_stop_the_others(data, tmp_path):
         G.run_grid(spec, tmp_path / "cells", echo=lambda m: None)
     assert (tmp_path / "cells" / "ok" / "seed0" / "cell.json").is_file()
     assert not (tmp_path / "cells" / "bad" / "seed0" / "cell.json").exists()
+
+
+def test_two_jobs_run_cells_in_fresh_processes(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"a": [], "b": ["model.n_mask=1"]}, seeds=[0])
+    lines = []
+    recs = G.run_grid(spec, tmp_path / "cells", jobs=2, threads=1, echo=lines.append)
+    assert sorted(r["variant"] for r in recs) == ["a", "b"]
+    assert sum("done" in m for m in lines) == 2

@@ -130,23 +130,21 @@ def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> d
     run_dir.mkdir(parents=True, exist_ok=True)
     overrides = list(cell.overrides) + ([f"train.threads={threads}"] if threads else [])
     tr, ev = spec["train"], spec["eval"]
+    from .evaluate import evaluate_run  # with the trainer, before training: one code version
+    from .supervised import train_supervised
+    from .train import train
+
     log = run_dir / "grid.log"
     with open(log, "a") as fh:
         old = os.dup(2)
         os.dup2(fh.fileno(), 2)  # the trainer's progress lines go to the cell's log
         try:
             if cell.kind == "supervised":
-                from .supervised import train_supervised
-
                 train_supervised(tr["config"], tr["manifest"], run_dir, resume=True,
                                  overrides=overrides)
             else:
-                from .train import train
-
                 train(tr["config"], tr["manifest"], tr["cues"], run_dir, resume=True,
                       overrides=overrides)
-            from .evaluate import evaluate_run
-
             metrics = evaluate_run(run_dir, ev["manifest"], ev["cues"], max_images=ev.get("max_images"),
                                    device="cpu", report=False)
         finally:
@@ -195,7 +193,10 @@ def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = Non
             except Exception as e:  # noqa: BLE001 - one failed cell does not stop the others
                 report(k, c, err=e)
     else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        # a fresh process per cell (max_tasks_per_child): each cell runs the code as it is
+        # when the cell starts, even if the files change during a long grid
+        fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), **fresh) as pool:
             futs = {pool.submit(_run_cell_job, (c, spec, out, threads)): c for c in todo}
             for k, f in enumerate(as_completed(futs), 1):
                 try:
