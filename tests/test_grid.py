@@ -36,12 +36,18 @@ def _spec(d, path, variants, seeds=(0, 1), compare=()):
 
 
 def test_grid_runs_each_cell_once_and_writes_the_table(data, tmp_path, monkeypatch):
-    spec = _spec(data, tmp_path / "g.yaml", {"base": [], "no_refine": ["model.n_refine=0"]},
+    spec = _spec(data, tmp_path / "g.yaml", {"base": [], "no_refine": ["model.n_refine=0"],
+                                             "ceiling": {"kind": "supervised"}},
                  compare=[("base", "no_refine", "Table 1: n_r")])
     out = tmp_path / "cells"
     recs = G.run_grid(spec, out, echo=lambda m: None)
     assert sorted((r["variant"], r["seed"]) for r in recs) == [
-        ("base", 0), ("base", 1), ("no_refine", 0), ("no_refine", 1)]
+        ("base", 0), ("base", 1), ("ceiling", 0), ("ceiling", 1), ("no_refine", 0),
+        ("no_refine", 1)]
+    # the ceiling cell is a Mask R-CNN run, scored by the same evaluator
+    assert json.loads((out / "ceiling" / "seed0" / "run.json").read_text())["kind"] == "maskrcnn"
+    assert json.loads((out / "ceiling" / "seed0" / "cell.json").read_text())["metrics"]["box AP50"] \
+        is not None
     rec = json.loads((out / "no_refine" / "seed1" / "cell.json").read_text())
     assert "model.n_refine=0" in rec["overrides"] and "train.seed=1" in rec["overrides"]
     assert rec["metrics"]["mask AP50"] is not None and rec["images"] == 2
@@ -60,10 +66,11 @@ def test_grid_runs_each_cell_once_and_writes_the_table(data, tmp_path, monkeypat
         raise AssertionError("a finished cell was re-run")
 
     monkeypatch.setattr("pdsl.engine.train.train", boom)
-    assert len(G.run_grid(spec, out, echo=lambda m: None)) == 4
+    assert len(G.run_grid(spec, out, echo=lambda m: None)) == 6
 
     # the same cells under a changed spec are refused, not overwritten
-    _spec(data, spec, {"base": ["model.n_mask=1"], "no_refine": ["model.n_refine=0"]})
+    _spec(data, spec, {"base": ["model.n_mask=1"], "no_refine": ["model.n_refine=0"],
+                       "ceiling": {"kind": "supervised"}})
     with pytest.raises(ConfigError, match="cell.json finished with another spec"):
         G.run_grid(spec, out, echo=lambda m: None)
 
