@@ -39,7 +39,11 @@ def cli():
       train         manifest + cues -> run dir (config, metrics, checkpoints)
       train-supervised  the fully supervised Mask R-CNN ceiling (GT or pseudo-label masks)
       eval          run + split -> metrics (pycocotools), results json, report.md
-      predict       run + any images -> overlays and a COCO json (no cache needed)
+      predict       run + any images -> overlays and a COCO json (no cache needed; without
+                    --run: the released demo model)
+      pseudo-label  run + its training split -> COCO json of pseudo labels (second stage)
+      export-model  run -> weights-only release
+      grid          variants x seeds -> trained runs and a table (Table 1, Fig. 3, ceiling)
     Stage pieces used by Snakemake shards: proposals-shard, seeds-shard, merge-cues.
     """
 
@@ -73,6 +77,10 @@ _seed_options = [
                  help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
                  help="At most this many seed masks per image. Default 80."),
+    click.option("--sharing", type=click.Choice(["threshold", "facility"]), default=None,
+                 help="How the masked representatives are chosen: threshold (greedy clustering "
+                      "at --cluster-iou) or facility (max-bank boxes maximising every "
+                      "proposal's IoU to its nearest one). Default threshold."),
 ]
 
 

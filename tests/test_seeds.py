@@ -3,7 +3,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pdsl.boxes import paste_mask
+from pdsl.boxes import box_iou, paste_mask
 from pdsl.cues.grabcut import grabcut_online, inscribed_ellipse, resample_box
 from pdsl.cues.seeds import (SeedParams, build_bank, cluster_proposals,
                              grabcut_box, seed_mask)
@@ -164,3 +164,46 @@ def test_build_bank_maps_every_proposal():
     assert len(bank["bank_boxes"]) == 2 and bank["bank_masks"].shape == (2, 28, 28)
     assert bank["bank_row"].tolist() == [0, 0, 0, 1]
     assert (bank["coverage"] > 0.9).all()
+
+
+def test_facility_sharing_covers_proposals_better_than_the_threshold_clustering():
+    from pdsl.cues.seeds import cluster_proposals, facility_representatives
+
+    # a hand case: two tight groups and one stray box; with k = 2 the greedy facility choice
+    # takes the middle box of each group (summed IoU), where NMS-like clustering in score order
+    # takes the stray high-scoring box first
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [2, 0, 12, 10],
+                      [50, 50, 60, 60], [51, 50, 61, 60], [52, 50, 62, 60],
+                      [100, 0, 110, 10]], np.float32)
+    scores = np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.9], np.float32)
+    reps, row, cov = facility_representatives(boxes, 2)
+    assert sorted(reps.tolist()) == [1, 4]
+    assert [int(reps[r]) for r in row[:6]] == [1, 1, 1, 4, 4, 4]  # each to its group's middle
+    t_reps, _, t_cov = cluster_proposals(boxes, scores, iou=0.8, max_bank=2)
+    assert 6 in t_reps.tolist() and cov.mean() > t_cov.mean()
+    # random proposals: every proposal mapped to its best representative, never worse on average
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 200, (300, 2))
+    b = np.concatenate([xy, xy + rng.uniform(10, 120, (300, 2))], 1).astype(np.float32)
+    reps, row, cov = facility_representatives(b, 20)
+    assert len(set(reps.tolist())) == 20
+    assert cov.mean() > cluster_proposals(b, rng.random(300).astype(np.float32), 0.8, 20)[2].mean()
+
+
+def test_bank_with_facility_sharing_masks_its_representatives():
+    import cv2
+
+    from pdsl.cues.seeds import SeedParams, build_bank
+
+    img = np.full((80, 100, 3), 40, np.uint8)
+    cv2.circle(img, (50, 40), 20, (0, 0, 230), -1)
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 50, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(15, 45, (60, 2))], 1).astype(np.float32)
+    p = SeedParams(sharing="facility", max_bank=6)
+    bank = build_bank(img, boxes, np.ones(60, np.float32), p)
+    assert len(bank["bank_boxes"]) == 6 and bank["bank_row"].max() < 6
+    assert np.allclose(bank["coverage"], [box_iou(boxes[i:i + 1], bank["bank_boxes"][r:r + 1])[0, 0]
+                                          for i, r in enumerate(bank["bank_row"])], atol=1e-5)
+    with pytest.raises(Exception, match="sharing"):
+        SeedParams(sharing="kmeans")

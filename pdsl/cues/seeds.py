@@ -54,6 +54,9 @@ class SeedParams:
     # this fraction of the box (on real photos it collapses to a sliver or nothing on 2/3 of boxes)
     cluster_iou: float = 0.8  # proposals with IoU >= this share a representative's mask
     # (lowered automatically, in 0.05 steps, when more than max_bank representatives result)
+    sharing: str = "threshold"  # how representatives are chosen: threshold (the greedy
+    # clustering above) | facility (max_bank representatives maximising the proposals' summed
+    # IoU to their nearest one, cluster_iou unused)
     max_bank: int = 80  # at most this many masks per image (cost cap: ~0.5 core-s per image at
     # 2,000 proposals on real photos, see README)
     empty_frac: float = 0.02  # fg fraction inside the box below this -> degenerate (empty)
@@ -67,6 +70,8 @@ class SeedParams:
             raise DataError(f"seed method {self.method!r}: expected one of {', '.join(SEED_METHODS)}")
         if self.fallback not in FALLBACKS:
             raise DataError(f"seed fallback {self.fallback!r}: expected one of {', '.join(FALLBACKS)}")
+        if self.sharing not in ("threshold", "facility"):
+            raise DataError(f"seed sharing {self.sharing!r}: expected threshold or facility")
         if self.mask_size < 28:
             raise DataError(f"seed mask_size {self.mask_size}: must be >= 28 (the mask head's size)")
 
@@ -118,6 +123,36 @@ def cluster_proposals(boxes: np.ndarray, scores: np.ndarray, iou: float = 0.8,
     bank_row = to_rep.argmax(1).astype(np.int32)
     coverage = to_rep[np.arange(P), bank_row].astype(np.float32)
     return reps, bank_row, coverage
+
+
+def facility_representatives(boxes: np.ndarray, k: int):
+    """``k`` representatives chosen to maximise the summed coverage (each proposal's IoU to its
+    nearest representative), greedily (facility location; lazy evaluation of the marginal gains,
+    which only shrink). Same return as :func:`cluster_proposals`."""
+    import heapq
+
+    P = len(boxes)
+    if P == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.float32)
+    ious = box_iou(boxes, boxes).astype(np.float32)
+    cover = np.zeros(P, np.float32)
+    heap = [(-float(g), j) for j, g in enumerate(ious.sum(0))]
+    heapq.heapify(heap)
+    reps = []
+    while heap and len(reps) < k:
+        _, j = heapq.heappop(heap)
+        gain = float(np.maximum(ious[:, j] - cover, 0).sum())
+        if heap and gain < -heap[0][0] - 1e-6:  # stale: another candidate may gain more now
+            heapq.heappush(heap, (-gain, j))
+            continue
+        if gain <= 0 and reps:
+            break
+        reps.append(j)
+        np.maximum(cover, ious[:, j], out=cover)
+    reps = np.asarray(reps, np.int64)
+    to_rep = ious[:, reps]
+    bank_row = to_rep.argmax(1).astype(np.int32)
+    return reps, bank_row, to_rep[np.arange(P), bank_row].astype(np.float32)
 
 
 def _status(m: np.ndarray, p: SeedParams) -> int:
@@ -206,7 +241,10 @@ def build_bank(image: np.ndarray, boxes: np.ndarray, scores: np.ndarray, p: Seed
     import cv2
 
     cv2.setNumThreads(1)
-    reps, bank_row, coverage = cluster_proposals(boxes, scores, p.cluster_iou, p.max_bank)
+    if p.sharing == "facility":
+        reps, bank_row, coverage = facility_representatives(boxes, p.max_bank)
+    else:
+        reps, bank_row, coverage = cluster_proposals(boxes, scores, p.cluster_iou, p.max_bank)
     B, M = len(reps), p.mask_size
     masks = np.zeros((B, M, M), np.uint8)
     status = np.zeros(B, np.uint8)
