@@ -74,13 +74,15 @@ _seed_options = [
                  help="grabcut: sure-foreground core, as a fraction of the inscribed ellipse's "
                  "axes. Default 0.7."),
     click.option("--cluster-iou", type=click.FloatRange(0.3, 1.0), default=None,
-                 help="Proposals with IoU >= this share a representative's mask. Default 0.8."),
+                 help="threshold sharing: proposals with IoU >= this share a representative's "
+                      "mask; facility: no more masks once every proposal overlaps a "
+                      "representative this much. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
                  help="At most this many seed masks per image. Default 80."),
     click.option("--sharing", type=click.Choice(["threshold", "facility"]), default=None,
-                 help="How the masked representatives are chosen: threshold (greedy clustering "
-                      "at --cluster-iou) or facility (max-bank boxes maximising every "
-                      "proposal's IoU to its nearest one). Default threshold."),
+                 help="How the masked representatives are chosen: facility (max-bank boxes "
+                      "maximising every proposal's IoU to its nearest one) or threshold (greedy "
+                      "clustering at --cluster-iou, earlier versions). Default facility."),
 ]
 
 

@@ -178,6 +178,8 @@ def test_facility_sharing_covers_proposals_better_than_the_threshold_clustering(
     scores = np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.3, 0.9], np.float32)
     reps, row, cov = facility_representatives(boxes, 2)
     assert sorted(reps.tolist()) == [1, 4]
+    # it stops once every proposal is covered enough: the two groups alone need no third mask
+    assert len(facility_representatives(boxes[:6], 5, enough=0.6)[0]) == 2
     assert [int(reps[r]) for r in row[:6]] == [1, 1, 1, 4, 4, 4]  # each to its group's middle
     t_reps, _, t_cov = cluster_proposals(boxes, scores, iou=0.8, max_bank=2)
     assert 6 in t_reps.tolist() and cov.mean() > t_cov.mean()
