@@ -144,14 +144,14 @@ def facility_representatives(boxes: np.ndarray, k: int, enough: float = 1.0):
     reps = []
     while heap and len(reps) < k and not (reps and cover.min() >= enough):
         _, j = heapq.heappop(heap)
-        gain = float(np.maximum(ious[:, j] - cover, 0).sum())
+        gain = float(np.maximum(ious[j] - cover, 0).sum())  # a row: IoU is symmetric
         if heap and gain < -heap[0][0] - 1e-6:  # stale: another candidate may gain more now
             heapq.heappush(heap, (-gain, j))
             continue
         if gain <= 0 and reps:
             break
         reps.append(j)
-        np.maximum(cover, ious[:, j], out=cover)
+        np.maximum(cover, ious[j], out=cover)
     reps = np.asarray(reps, np.int64)
     to_rep = ious[:, reps]
     bank_row = to_rep.argmax(1).astype(np.int32)
