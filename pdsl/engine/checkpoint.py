@@ -67,6 +67,18 @@ def save_checkpoint(out_dir: Path, step: int, model, optimizer, scheduler, scale
     return out_dir / name
 
 
+def restore_training_state(ckpt: dict, model, optimizer, scheduler, scaler) -> int:
+    """Load a training checkpoint's model, optimizer, scheduler, loss scaler and RNG state (what
+    ``--resume`` continues bit-exactly from); return its step."""
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    _set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
 def last_checkpoint(out_dir) -> Path | None:
     """The checkpoint ``RUN_DIR/last_checkpoint`` names, or None if there is none."""
     pointer = Path(out_dir) / "last_checkpoint"

@@ -35,7 +35,8 @@ from ..data import TrainBatchSampler, log, single_threaded_opencv, worker_init
 from ..errors import ConfigError
 from ..model.maskrcnn import KIND, build_maskrcnn
 from ..rundir import check_run_dir, record_run, run_record
-from .checkpoint import _set_rng_state, check_classes, last_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (check_classes, last_checkpoint, load_checkpoint, restore_training_state,
+                         save_checkpoint)
 from .supervised_data import InstanceDataset, annotations_identity, collate_instances
 from .train import (Progress, TrainingDiverged, _report_config_changes, _truncate_metrics,
                     build_optimizer, lr_factor, step_seed)
@@ -118,13 +119,7 @@ def _train(cfg, manifest, annotations, out_dir: Path, resume, device) -> Path:
             raise ConfigError(f"checkpoint {ckpt_path} is not a Mask R-CNN checkpoint of "
                               f"`cli.py train-supervised`")
         check_classes(ckpt, manifest.class_names, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
+        start = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         _report_config_changes(ckpt.get("config", {}), cfg_dict)
         log(f"train-supervised: resumed from {ckpt_path} at step {start}")
 

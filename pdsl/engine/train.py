@@ -37,8 +37,9 @@ from ..data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, l
 from ..errors import ConfigError, PDSLError
 from ..io import atomic_path
 from ..rundir import check_run_dir, record_run
-from .checkpoint import (_model_state, _set_rng_state, build_model, check_classes,  # noqa: F401
-                         last_checkpoint, load_checkpoint, save_checkpoint)
+from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
+                         last_checkpoint, load_checkpoint, restore_training_state,
+                         save_checkpoint)
 
 class TrainingDiverged(PDSLError):
     """A loss became NaN or infinite; the run stopped before the optimiser step."""
@@ -275,13 +276,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
         check_classes(ckpt, class_names, ckpt_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        start = int(ckpt["step"])
+        start = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         if main:
             _report_config_changes(ckpt.get("config", {}), to_dict(cfg))
             log(f"train: resumed from {ckpt_path} at step {start}"
