@@ -324,3 +324,32 @@ def test_foreign_cache_refused(tiny, tmp_path):
     _, other_cues = make_tiny_set(tmp_path / "other", class_names=("x", "y", "z"))
     with pytest.raises(CacheError, match="classes"):
         TrainDataset(load_manifest(manifest), CueStore(other_cues), _cfg())
+
+
+#: a 2-step demo-config run at small widths (tests of what consumes a trained run)
+TINY_RUN = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
+            "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40",
+            "train.threads=1", "model.hidden_dim=32", "model.mask_dim=16"]
+
+
+def synthetic_split(d, split: str, num_images: int, seed: int):
+    """``d/<split>.json`` (synthetic shapes) and its cue cache ``d/<split>.h5`` (small bank)."""
+    from pdsl.cues.cache import cache_cues
+    from pdsl.cues.seeds import SeedParams
+    from pdsl.datasets import prepare_data
+
+    prepare_data("synthetic", d / f"{split}.json", split, num_images=num_images, seed=seed,
+                 progress=False)
+    cache_cues(d / f"{split}.json", "builtin", d / f"{split}.h5", workers=1, shard_size=8,
+               params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
+
+
+def tiny_demo_run(d, num_images: int, seed: int):
+    """A synthetic train split in ``d`` and a :data:`TINY_RUN` trained on it in ``d/run``."""
+    from pdsl.engine.train import train
+
+    synthetic_split(d, "train", num_images, seed)
+    torch.manual_seed(0)
+    train("pipeline/configs/demo.yaml", d / "train.json", d / "train.h5", d / "run",
+          overrides=TINY_RUN)
+    return d

@@ -5,30 +5,22 @@ import pytest
 import yaml
 
 import pdsl.engine.grid as G
-from pdsl.cues.cache import cache_cues
-from pdsl.cues.seeds import SeedParams
+from test_data import TINY_RUN, synthetic_split
 from pdsl.errors import ConfigError
 
-TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
-        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
-        "model.hidden_dim=32", "model.mask_dim=16"]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from pdsl.datasets import prepare_data
-
     d = tmp_path_factory.mktemp("grid")
-    for split, n in (("train", 4), ("val", 2)):
-        prepare_data("synthetic", d / f"{split}.json", split, num_images=n, seed=3, progress=False)
-        cache_cues(d / f"{split}.json", "builtin", d / f"{split}.h5", workers=1, shard_size=8,
-                   params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
+    synthetic_split(d, "train", 4, seed=3)
+    synthetic_split(d, "val", 2, seed=3)
     return d
 
 
 def _spec(d, path, variants, seeds=(0, 1), compare=()):
     spec = {"train": {"config": "pipeline/configs/demo.yaml", "manifest": str(d / "train.json"),
-                      "cues": str(d / "train.h5"), "overrides": TINY},
+                      "cues": str(d / "train.h5"), "overrides": TINY_RUN},
             "eval": {"manifest": str(d / "val.json"), "cues": str(d / "val.h5"), "max_images": 2},
             "seeds": list(seeds), "variants": variants, "compare": [list(c) for c in compare]}
     path.write_text(yaml.safe_dump(spec))

@@ -4,16 +4,11 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from test_data import TINY_RUN, tiny_demo_run
 
 import pdsl.engine.pseudo_label as PL
-from pdsl.cues.cache import cache_cues
-from pdsl.cues.seeds import SeedParams
 from pdsl.errors import ConfigError
 
-TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
-        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
-        "model.hidden_dim=32", "model.mask_dim=16"]
 
 
 def test_selection_keeps_labelled_classes_threshold_cap_and_top():
@@ -59,16 +54,7 @@ def test_quality_counts_by_hand():
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from pdsl.datasets import prepare_data
-    from pdsl.engine.train import train
-
-    d = tmp_path_factory.mktemp("pseudo")
-    prepare_data("synthetic", d / "train.json", "train", num_images=5, seed=9, progress=False)
-    cache_cues(d / "train.json", "builtin", d / "train.h5", workers=1, shard_size=8,
-               params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
-    torch.manual_seed(0)
-    train("pipeline/configs/demo.yaml", d / "train.json", d / "train.h5", d / "run", overrides=TINY)
-    return d
+    return tiny_demo_run(tmp_path_factory.mktemp("pseudo"), num_images=5, seed=9)
 
 
 def test_pseudo_labels_resume_and_load_in_pycocotools(run, tmp_path, monkeypatch):
@@ -119,7 +105,7 @@ def test_pseudo_labels_resume_and_load_in_pycocotools(run, tmp_path, monkeypatch
     from pdsl.engine.supervised import train_supervised
 
     train_supervised("pipeline/configs/demo.yaml", run / "train.json", tmp_path / "retrain",
-                     annotations=out, overrides=TINY[:1] + ["solver.max_iter=1", "train.threads=1",
+                     annotations=out, overrides=TINY_RUN[:1] + ["solver.max_iter=1", "train.threads=1",
                                                             "train.num_workers=0"])
     assert (tmp_path / "retrain" / "last_checkpoint").is_file()
 

@@ -9,29 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from pdsl.cues.cache import cache_cues
-from pdsl.cues.seeds import SeedParams
+from test_data import tiny_demo_run
 from pdsl.engine.release import RELEASED_DEMO, export_model
 from pdsl.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["solver.max_iter=2", "train.checkpoint_period=2", "solver.warmup_iters=1",
-        "solver.steps=[1]", "train.num_workers=0", "input.max_proposals=40", "train.threads=1",
-        "model.hidden_dim=32", "model.mask_dim=16"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from pdsl.datasets import prepare_data
-    from pdsl.engine.train import train
-
-    d = tmp_path_factory.mktemp("release")
-    prepare_data("synthetic", d / "train.json", "train", num_images=3, seed=4, progress=False)
-    cache_cues(d / "train.json", "builtin", d / "train.h5", workers=1, shard_size=8,
-               params=SeedParams(crop_size=24, max_bank=8, iterations=1), log=lambda s: None)
-    torch.manual_seed(0)
-    train("pipeline/configs/demo.yaml", d / "train.json", d / "train.h5", d / "run", overrides=TINY)
-    return d
+    return tiny_demo_run(tmp_path_factory.mktemp("release"), num_images=3, seed=4)
 
 
 def _image(path, seed=11):
