@@ -10,27 +10,15 @@ from pdsl.losses import oicr_pseudo_labels
 from pdsl.model import PDSLNet
 from pdsl.model import pdsl_net
 from pdsl.model.cascade import cascade_mask_inputs, detection_mask_targets, final_detections
+from test_model import _batch as _model_batch
 
 torch.set_num_threads(1)
 C = 3
 
 
-def _batch(labels, P=30, size=64, B_bank=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(len(labels), 3, size, size, generator=g)
-    proposals, scores, targets = [], [], []
-    for lab in labels:
-        xy = torch.rand(P, 2, generator=g) * size * 0.6
-        wh = 8 + torch.rand(P, 2, generator=g) * size * 0.4
-        props = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
-        proposals.append(props)
-        scores.append(torch.rand(P, generator=g))
-        targets.append({"labels": torch.tensor(lab, dtype=torch.float32),
-                        "bank_masks": torch.rand(B_bank, 28, 28, generator=g),
-                        "bank_boxes": props[:B_bank].clone(),
-                        "proposal_to_bank": torch.randint(0, B_bank, (P,), generator=g),
-                        "bank_valid": torch.rand(B_bank, generator=g) > 0.2})
-    return images, proposals, scores, targets
+def _batch(labels, P=30, **kw):
+    """test_model's random batch, 30 proposals per image (the golden values below use them)."""
+    return _model_batch(labels, P=P, **kw)
 
 
 def _tiny(**kw):
