@@ -2,9 +2,10 @@
 # Fig. 3 grid of pipeline/grids/ablation-demo.yaml after the demo's caches and pretrained
 # backbone exist, and writes pipeline/results/ablation-demo.{json,md,png}; any grid spec
 # pipeline/grids/NAME.yaml is the target pipeline/results/NAME.json. The cells live in
-# RUNS/grid-NAME/<variant>/seed<k>/ and a finished cell is never re-run: after a clean clone
-# (the committed results, no cells) the grid trains every cell again; after an interrupted run
-# only the missing ones. Not part of the default target.
+# RUNS/grid-NAME/<variant>/seed<k>/ and a finished cell is never re-run. A committed result
+# counts as done (a clean clone plans nothing for it); `--forcerun grid` re-runs it, training
+# only the cells RUNS/grid-NAME/ lacks (all of them after a clean clone). Not part of the
+# default target.
 
 
 def grid_inputs(wildcards):
