@@ -390,10 +390,14 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
 @click.option("--keep-top/--no-keep-top", default=True, show_default=True,
               help="Keep the top detection of every labelled class whatever its score.")
 @click.option("--tta", is_flag=True, help="Multi-scale + flip test (the run config's scales).")
+@click.option("--tta-scales", default=None, metavar="S1,S2,...",
+              help="With --tta: these shorter sides (px) instead of the run's input.test_scales.")
+@click.option("--tta-flip/--tta-no-flip", default=None,
+              help="With --tta: mirrored passes or not (default: the run's input.test_flip).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, keep_top, tta,
-                     device, force):
+                     tta_scales, tta_flip, device, force):
     """Label a split with a trained run: pseudo labels for a fully supervised retrain.
 
     Only the classes of each image's labels are kept (they are known at training time). The
@@ -404,11 +408,13 @@ def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, 
     \b
     Example:
       python cli.py pseudo-label --run runs/demo --manifest data/synthetic/train.json \\
-          --cues data/cues/synthetic/train/cues.h5 --out runs/demo/pseudo/train.json
+          --cues data/cues/synthetic/train/cues.h5 --out runs/demo/pseudo/train.json \\
+          --tta --tta-scales 128,160,192 --tta-flip
     """
     from pdsl.engine.pseudo_label import PseudoLabelParams, pseudo_label
 
-    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta)
+    scales = tuple(x.strip() for x in tta_scales.split(",")) if tta_scales else ()
+    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta, scales, tta_flip)
     s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
     q = s.get("quality")
 
@@ -469,7 +475,7 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
 
     \b
     Example (the Table 1 / Fig. 3 ablation on the demo data):
-      python cli.py grid --spec pipeline/grids/ablation-demo.yaml --out runs/ablation \\
+      python cli.py grid --spec pipeline/grids/ablation.yaml --out runs/grid-ablation \\
           --results pipeline/results/ablation --jobs 2 --threads 1
     """
     from pdsl.engine.grid import markdown, run_grid, summarize, load_spec, write_results

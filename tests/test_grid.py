@@ -152,3 +152,79 @@ def test_two_jobs_run_cells_in_fresh_processes(data, tmp_path):
     recs = G.run_grid(spec, tmp_path / "cells", jobs=2, threads=1, echo=lines.append)
     assert sorted(r["variant"] for r in recs) == ["a", "b"]
     assert sum(m.startswith("[") and " done " in m for m in lines) == 2
+
+
+def test_second_stage_cell_labels_with_its_source_cell_then_retrains(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml",
+                 {"base": [], "retrain": {"kind": "second_stage", "from": "base",
+                                          "pseudo_label": {"score_thresh": 0.0,
+                                                           "per_class_cap": 2}}},
+                 seeds=[0])
+    out, lines = tmp_path / "cells", []
+    # two jobs: the retrain cell is held back until the base cell it labels with has finished
+    recs = G.run_grid(spec, out, jobs=2, threads=1, echo=lines.append)
+    assert sorted(r["variant"] for r in recs) == ["base", "retrain"]
+    done = [m for m in lines if " done " in m]
+    assert "base" in done[0] and "retrain" in done[1]
+    cell = out / "retrain" / "seed0"
+    labels = json.loads((cell / "pseudo" / "train.json").read_text())
+    assert labels["info"]["run"] == str(out / "base" / "seed0")
+    # labelled classes only, at most per_class_cap of each per image
+    present = {i["id"]: set(i["labels"]) for i in json.loads(
+        (data / "train.json").read_text())["images"]}
+    per = {}
+    for a in labels["annotations"]:
+        assert a["category_id"] in present[a["image_id"]]
+        per[(a["image_id"], a["category_id"])] = per.get((a["image_id"], a["category_id"]), 0) + 1
+    assert per and max(per.values()) <= 2
+    assert json.loads((cell / "run.json").read_text())["kind"] == "maskrcnn"
+    rec = json.loads((cell / "cell.json").read_text())
+    assert rec["from"] == "base" and rec["metrics"]["mask AP50"] is not None
+    q = rec["pseudo_label"]
+    assert q["labels_per_image"] == pytest.approx(len(labels["annotations"]) / 4)
+    assert 0 <= q["precision"] <= 1 and 0 <= q["recall"] <= 1
+    md = G.markdown(G.summarize(G.load_spec(spec), recs))
+    assert "| retrain | base |" in md  # the pseudo labels' quality next to the retrained model
+
+
+def test_second_stage_without_its_source_is_reported_not_run(data, tmp_path):
+    variants = {"bad": ["model.no_such_key=1"],
+                "retrain": {"kind": "second_stage", "from": "bad"}}
+    spec = _spec(data, tmp_path / "g.yaml", variants, seeds=[0])
+    with pytest.raises(G.GridError, match=r"2 of 2 cells failed[\s\S]*retrain seed 0: "
+                                          r".*bad.* has not finished"):
+        G.run_grid(spec, tmp_path / "cells", echo=lambda m: None)
+    with pytest.raises(G.GridError, match=r"retrain seed 0: not run: its 'bad' cell failed"):
+        G.run_grid(spec, tmp_path / "cells2", jobs=2, threads=1, echo=lambda m: None)
+
+
+@pytest.mark.parametrize("variants, match", [
+    # (_spec writes the variants sorted by name: "a" comes before "z")
+    ({"a": {"kind": "second_stage", "from": "z"}, "z": []}, "from must name a pdsl variant listed"),
+    ({"c": {"kind": "supervised"}, "r": {"kind": "second_stage", "from": "c"}}, "from must name"),
+    ({"a": [], "r": {"kind": "second_stage", "from": "a", "pseudo_label": {"thresh": 1}}},
+     r"variants.r.pseudo_label: .*thresh"),
+    ({"a": [], "r": {"kind": "second_stage", "from": "a",
+                     "pseudo_label": {"score_thresh": 2}}}, "score_thresh must be in"),
+])
+def test_bad_second_stage_specs_name_the_field(data, tmp_path, variants, match):
+    with pytest.raises(ConfigError, match=match):
+        G.load_spec(_spec(data, tmp_path / "s.yaml", variants))
+
+
+def test_weak_over_full_ratios_and_pseudo_label_quality_in_the_summary():
+    spec = {"variants": {"w": {}, "ceil": {"kind": "supervised"},
+                         "r": {"kind": "second_stage", "from": "w"}}}
+    m = {"w": 10.0, "ceil": 40.0, "r": 20.0}
+    recs = [{"variant": v, "seed": s, "metrics": {"mask AP50": x, "mask AP": x / 4},
+             **({"pseudo_label": {"precision": 0.5 + s / 10, "labels_per_image": 2.0}}
+                if v == "r" else {})}
+            for v, x in m.items() for s in (0, 1)]
+    summ = G.summarize(spec, recs)
+    ratios = {r["variant"]: r for r in summ["ratios"]}
+    assert set(ratios) == {"w", "r"} and ratios["w"]["mask AP50"] == pytest.approx(0.25)
+    assert ratios["r"]["mask AP"] == pytest.approx(0.5)
+    q = summ["rows"]["r"]["pseudo_label"]
+    assert q["precision"]["mean"] == pytest.approx(55.0) and q["recall"]["mean"] is None
+    md = G.markdown(summ)
+    assert "| w | 0.25 | 0.25 |" in md and "| r | w | 2.0 ± 0.0 | 55.0 ± 7.1 | — |" in md

@@ -117,3 +117,25 @@ def test_parts_of_another_labelling_are_refused(run, tmp_path):
     (parts / "stamp.json").write_text(json.dumps({"run": "elsewhere"}))
     with pytest.raises(ConfigError, match="parts of another labelling"):
         PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", out, device="cpu")
+
+
+def test_tta_scales_and_flip_reach_the_predictor(run, tmp_path, monkeypatch):
+    import pdsl.engine.inference as inf
+
+    real, seen = inf.predict_image, []
+
+    def spy(model, image, boxes, scores, test, device, **k):
+        seen.append((test.scales, test.flip))
+        return real(model, image, boxes, scores, test, device, **k)
+
+    monkeypatch.setattr(inf, "predict_image", spy)
+    params = PL.PseudoLabelParams(tta=True, scales=[96, "128"], flip=True)
+    PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", tmp_path / "a.json", params,
+                    device="cpu")
+    assert set(seen) == {((96, 128), True)}
+    seen.clear()  # without --tta the run's single middle scale, no flip, whatever was asked
+    PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", tmp_path / "b.json",
+                    PL.PseudoLabelParams(scales=(96,), flip=True), device="cpu")
+    assert set(seen) == {((160,), False)}
+    with pytest.raises(ConfigError, match="scales must be positive integers"):
+        PL.PseudoLabelParams(tta=True, scales=("big",))

@@ -159,7 +159,8 @@ def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path)
     cfg = tmp_path / "second.yaml"
     cfg.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
-        "second_stage": {"score_thresh": 0.4, "per_class_cap": 5, "keep_top": False}}))
+        "second_stage": {"score_thresh": 0.4, "per_class_cap": 5, "keep_top": False,
+                         "tta": True, "tta_scales": [128, 160], "tta_flip": True}}))
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(cfg)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
@@ -168,7 +169,8 @@ def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path)
     assert counts["pseudo_label"] == counts["retrain"] == counts["train"] == "1"
     assert counts["eval"] == "2"  # the PDSL run and the retrained Mask R-CNN
     jobs = _jobs(out)
-    assert "--score-thresh 0.4 --per-class-cap 5 --no-keep-top" in jobs["pseudo_label"]["shell"]
+    assert ("--score-thresh 0.4 --per-class-cap 5 --no-keep-top --tta --tta-scales 128,160 "
+            "--tta-flip") in jobs["pseudo_label"]["shell"]
     assert "train-supervised" in jobs["retrain"]["shell"]
     assert "--annotations " + str(tmp_path / "runs" / "demo" / "pseudo" / "train.json") in \
         jobs["retrain"]["shell"]

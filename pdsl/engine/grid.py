@@ -1,6 +1,6 @@
 """Experiment grids: train and evaluate config variants over seeds, resumably, and tabulate them.
 
-A grid spec (YAML, e.g. ``pipeline/configs/ablation-demo.yaml``)::
+A grid spec (YAML, e.g. ``pipeline/grids/ablation.yaml``)::
 
     train: {config: CFG, manifest: M, cues: C, overrides: [KEY=VALUE, ...]}
     eval:  {manifest: M, cues: C, max_images: 100}
@@ -9,8 +9,15 @@ A grid spec (YAML, e.g. ``pipeline/configs/ablation-demo.yaml``)::
       full: []
       acl_off: [model.acl=false]
       ceiling: {kind: supervised}  # kind: pdsl (default) | supervised (Mask R-CNN on GT)
+      retrain: {kind: second_stage, from: base, pseudo_label: {score_thresh: 0.3}}
     compare:                       # expected directions: [better, worse, what it reproduces]
       - [full, acl_off, "Table 1: ACL"]
+
+A ``second_stage`` variant is the second stage of :mod:`pdsl.engine.pseudo_label`: the finished
+cell of its ``from`` variant (same seed) labels the training split (``pseudo_label``: the
+:class:`PseudoLabelParams` fields), and a Mask R-CNN is trained on those labels; its cell records
+the labels' quality against GT. It runs after its ``from`` cell (``from`` names an earlier pdsl
+variant).
 
 Each (variant, seed) is a *cell*: ``OUT/<variant>/seed<k>/`` holds its run and ``cell.json``
 (its overrides and metrics). A cell with ``cell.json`` is never re-run; a cell whose spec
@@ -34,7 +41,10 @@ from ..io import read_data_file, write_json_atomic
 #: metrics tabulated per variant: (column, metrics.json section, key)
 COLUMNS = (("mask AP50", "segm", "AP50"), ("mask AP75", "segm", "AP75"), ("mask AP", "segm", "AP"),
            ("box AP50", "bbox", "AP50"), ("box AP75", "bbox", "AP75"), ("CorLoc", "bbox", "CorLoc"))
-KINDS = ("pdsl", "supervised")
+KINDS = ("pdsl", "supervised", "second_stage")
+#: pseudo-label quality tabulated for second-stage variants: (column, quality.json key, scale)
+QUALITY = (("labels / image", "labels_per_image", 1), ("precision", "precision", 100),
+           ("recall", "recall", 100), ("matched mask IoU", "matched_mask_iou", 100))
 
 
 class GridError(PDSLError):
@@ -47,6 +57,7 @@ class Cell:
     seed: int
     kind: str
     overrides: tuple[str, ...]
+    source: str | None = None  # second_stage: the variant whose run labels the training split
 
     def dir(self, out: Path) -> Path:
         return Path(out) / self.variant / f"seed{self.seed}"
@@ -76,6 +87,8 @@ def load_spec(path) -> dict:
                               f"kind ({' | '.join(KINDS)}) and overrides")
         if not all(isinstance(o, str) and "=" in o for o in v.get("overrides") or []):
             raise ConfigError(f"{path}: variants.{name}: overrides are KEY=VALUE strings")
+        if v.get("kind") == "second_stage":
+            _check_second_stage(path, name, v, spec["variants"])
         spec["variants"][name] = v
     for pair in spec.setdefault("compare", []):
         if not (isinstance(pair, list) and len(pair) >= 2
@@ -85,11 +98,33 @@ def load_spec(path) -> dict:
     return spec
 
 
+def _check_second_stage(path, name: str, v: dict, variants: dict) -> None:
+    from .pseudo_label import PseudoLabelParams
+
+    earlier = list(variants)[:list(variants).index(name)]
+    src = v.get("from")
+    if src not in earlier or (variants[src] if isinstance(variants[src], dict) else {}).get(
+            "kind", "pdsl") != "pdsl":
+        raise ConfigError(f"{path}: variants.{name}.from must name a pdsl variant listed before "
+                          f"it (its run labels the training split), got {src!r}")
+    params = v.setdefault("pseudo_label", {})
+    try:
+        PseudoLabelParams(**params)
+    except TypeError as e:
+        raise ConfigError(f"{path}: variants.{name}.pseudo_label: {e} (fields: score_thresh, "
+                          f"per_class_cap, keep_top, tta)") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: variants.{name}.pseudo_label: {e}") from None
+
+
 def cells(spec: dict, only=None) -> list[Cell]:
     """Every (variant, seed) of the spec, seed by seed (every variant of the first seed before the
     second seed: a grid stopped early still compares every variant); ``only`` keeps those
     variants."""
-    unknown = set(only or ()) - set(spec["variants"])
+    only = set(only or ())
+    only |= {spec["variants"][n]["from"] for n in only if n in spec["variants"]
+             and spec["variants"][n].get("kind") == "second_stage"}  # what it labels with
+    unknown = only - set(spec["variants"])
     if unknown:
         raise ConfigError(f"unknown variant(s) {sorted(unknown)}; the spec has "
                           f"{list(spec['variants'])}")
@@ -100,14 +135,19 @@ def cells(spec: dict, only=None) -> list[Cell]:
             if only and name not in only:
                 continue
             out.append(Cell(name, seed, v.get("kind", "pdsl"),
-                            base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",)))
+                            base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",),
+                            v.get("from")))
     return out
 
 
 def _cell_record(cell: Cell, spec: dict) -> dict:
-    return {"variant": cell.variant, "seed": cell.seed, "kind": cell.kind,
-            "config": spec["train"]["config"], "overrides": list(cell.overrides),
-            "eval_max_images": spec["eval"].get("max_images")}
+    rec = {"variant": cell.variant, "seed": cell.seed, "kind": cell.kind,
+           "config": spec["train"]["config"], "overrides": list(cell.overrides),
+           "eval_max_images": spec["eval"].get("max_images")}
+    if cell.kind == "second_stage":
+        rec["from"] = cell.source
+        rec["pseudo_label_params"] = spec["variants"][cell.variant]["pseudo_label"]
+    return rec
 
 
 def cell_done(cell: Cell, spec: dict, out: Path) -> bool:
@@ -139,7 +179,11 @@ def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> d
         old = os.dup(2)
         os.dup2(fh.fileno(), 2)  # the trainer's progress lines go to the cell's log
         try:
-            if cell.kind == "supervised":
+            if cell.kind == "second_stage":
+                labels, quality = _pseudo_labels(cell, spec, out)
+                train_supervised(tr["config"], tr["manifest"], run_dir, annotations=labels,
+                                 resume=True, overrides=overrides)
+            elif cell.kind == "supervised":
                 train_supervised(tr["config"], tr["manifest"], run_dir, resume=True,
                                  overrides=overrides)
             else:
@@ -154,8 +198,34 @@ def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> d
     rec = _cell_record(cell, spec)
     rec["metrics"] = {col: (metrics.get(sec) or {}).get(key) for col, sec, key in COLUMNS}
     rec["images"] = metrics.get("images")
+    if cell.kind == "second_stage":
+        rec["pseudo_label"] = quality
     write_json_atomic(rec, run_dir / "cell.json", indent=2)
     return rec
+
+
+def _pseudo_labels(cell: Cell, spec: dict, out: Path):
+    """The source cell's run labels the training split once (``<cell>/pseudo/train.json``; an
+    interrupted labelling resumes); returns its path and its quality against GT (with
+    ``labels_per_image``)."""
+    from .pseudo_label import PseudoLabelParams, pseudo_label
+
+    src = Cell(cell.source, cell.seed, "pdsl", ()).dir(out)
+    if not (src / "cell.json").is_file():
+        raise ConfigError(f"{cell.variant} seed {cell.seed} labels with {src}, which has not "
+                          f"finished (no cell.json): run its variant '{cell.source}' first")
+    labels = cell.dir(out) / "pseudo" / "train.json"
+    qfile = labels.with_name("train.quality.json")
+    if not labels.exists():
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        pseudo_label(src, spec["train"]["manifest"], spec["train"]["cues"], labels,
+                     PseudoLabelParams(**spec["variants"][cell.variant]["pseudo_label"]),
+                     device="cpu")
+    q = json.loads(qfile.read_text()) if qfile.exists() else {}
+    quality = dict(q.get("quality") or {})
+    if q.get("images"):
+        quality["labels_per_image"] = q["annotations"] / q["images"]
+    return labels, quality
 
 
 def _run_cell_job(args):
@@ -196,13 +266,27 @@ def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = Non
         # a fresh process per cell (max_tasks_per_child): each cell runs the code as it is
         # when the cell starts, even if the files change during a long grid
         fresh = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+        # a second-stage cell is submitted once the cell it labels with has finished
+        waiting, running, k = list(todo), {}, 0
+        unfinished = {(c.variant, c.seed) for c in todo}
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), **fresh) as pool:
-            futs = {pool.submit(_run_cell_job, (c, spec, out, threads)): c for c in todo}
-            for k, f in enumerate(as_completed(futs), 1):
+            while waiting or running:
+                for c in [c for c in waiting if (c.source, c.seed) not in unfinished]:
+                    if len(running) < jobs:
+                        waiting.remove(c)
+                        running[pool.submit(_run_cell_job, (c, spec, out, threads))] = c
+                if not running:  # only cells whose source failed are left
+                    for c in waiting:
+                        k += 1
+                        report(k, c, err=ConfigError(f"not run: its '{c.source}' cell failed"))
+                    break
+                f = next(as_completed(running))
+                c, k = running.pop(f), k + 1
                 try:
-                    report(k, futs[f], f.result())
+                    report(k, c, f.result())
+                    unfinished.discard((c.variant, c.seed))
                 except Exception as e:  # noqa: BLE001
-                    report(k, futs[f], err=e)
+                    report(k, c, err=e)
     if failed:
         raise GridError(f"{len(failed)} of {len(todo)} cells failed (the others are kept; run "
                         f"again to retry only these):\n  " + "\n  ".join(failed))
@@ -241,7 +325,26 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
         for col, _, _ in COLUMNS:
             m, sd = _mean_std([r["metrics"].get(col) for r in mine])
             row[col] = {"mean": m, "std": sd, "values": [r["metrics"].get(col) for r in mine]}
+        if spec["variants"][name].get("kind") == "second_stage":
+            row["from"] = spec["variants"][name]["from"]
+            row["pseudo_label"] = {}
+            for col, key, scale in QUALITY:
+                vals = [(r.get("pseudo_label") or {}).get(key) for r in mine]
+                vals = [v * scale for v in vals if v is not None]
+                m, sd = _mean_std(vals)
+                row["pseudo_label"][col] = {"mean": m, "std": sd, "values": vals}
         rows[name] = row
+    # weak / full: every variant's mask AP50 and AP over the (first) fully supervised one's
+    ceiling = next((n for n in rows if spec["variants"][n].get("kind") == "supervised"), None)
+    ratios = []
+    for name in rows if ceiling else ():
+        if name == ceiling:
+            continue
+        r = {"variant": name, "ceiling": ceiling}
+        for col in ("mask AP50", "mask AP"):
+            num, den = rows[name][col]["mean"], rows[ceiling][col]["mean"]
+            r[col] = num / den if num is not None and den else None
+        ratios.append(r)
     comparisons = []
     for pair in spec.get("compare", []):
         a, b = pair[0], pair[1]
@@ -259,7 +362,7 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
                                 "diff": ma - mb, "sd_pooled": pooled,
                                 "reproduced": bool(enough and ma - mb > 2 * pooled),
                                 "reversed": bool(enough and mb - ma > 2 * pooled)})
-    return {"rows": rows, "comparisons": comparisons}
+    return {"rows": rows, "comparisons": comparisons, "ratios": ratios}
 
 
 def _cell(v: dict) -> str:
@@ -275,6 +378,20 @@ def markdown(summary: dict, title: str = "") -> str:
     for name, row in summary["rows"].items():
         lines.append(f"| {name} | {len(row['seeds'])} | "
                      + " | ".join(_cell(row[c]) for c in cols) + " |")
+    if summary.get("ratios"):
+        lines += ["", f"| weak / full (over {summary['ratios'][0]['ceiling']}) | mask AP50 | "
+                  f"mask AP |", "|---|---|---|"]
+        for r in summary["ratios"]:
+            lines.append(f"| {r['variant']} | " + " | ".join(
+                "—" if r[c] is None else f"{r[c]:.2f}" for c in ("mask AP50", "mask AP")) + " |")
+    stage2 = {n: row for n, row in summary["rows"].items() if "pseudo_label" in row}
+    if stage2:
+        cols = [c for c, _, _ in QUALITY]
+        lines += ["", "| second stage: pseudo labels vs train GT (mask IoU 0.5) | labelled by | "
+                  + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]
+        for name, row in stage2.items():
+            lines.append(f"| {name} | {row['from']} | "
+                         + " | ".join(_cell(row["pseudo_label"][c]) for c in cols) + " |")
     if summary["comparisons"]:
         lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict |",
                   "|---|---|---|---|---|"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,17 @@ class PseudoLabelParams:
     per_class_cap: int = 10     # at most this many per present class and image
     keep_top: bool = True       # the top detection of every present class, whatever its score
     tta: bool = False           # the run config's test scales and flips
+    scales: tuple = ()          # with tta: these shorter sides instead of input.test_scales
+    flip: bool | None = None    # with tta: mirrored passes or not (None: input.test_flip)
 
     def __post_init__(self):
+        try:
+            scales = tuple(int(s) for s in self.scales)
+        except (TypeError, ValueError):
+            scales = ()
+        if len(scales) != len(self.scales or ()) or any(s < 1 for s in scales):
+            raise ConfigError(f"scales must be positive integers (px), got {self.scales!r}")
+        object.__setattr__(self, "scales", scales)
         if not 0 <= self.score_thresh <= 1:
             raise ConfigError(f"score_thresh must be in [0, 1], got {self.score_thresh}")
         if self.per_class_cap < 1:
@@ -134,6 +143,10 @@ def pseudo_label(run_dir, manifest, cues, out, params: PseudoLabelParams = Pseud
     manifest, store = _open_split(manifest, cues)
     model, cfg, names, ckpt = load_run(run_dir, manifest.class_names, device)
     test = TestParams.from_config(cfg, params.tta)
+    if params.tta and params.scales:
+        test = replace(test, scales=params.scales)
+    if params.tta and params.flip is not None:
+        test = replace(test, flip=params.flip)
     cat_ids = [c["id"] for c in sorted(manifest.categories, key=lambda c: int(c["id"]))]
     index = {cid: k for k, cid in enumerate(cat_ids)}
     parts = out.with_name(out.name + ".parts")

@@ -1,6 +1,6 @@
 # Experiment grids (pdsl/engine/grid.py): `snakemake --cores 2 ablation` runs the Table 1 /
-# Fig. 3 grid of pipeline/grids/ablation-demo.yaml after the demo's caches and pretrained
-# backbone exist, and writes pipeline/results/ablation-demo.{json,md,png}; any grid spec
+# Fig. 3 / second-stage grid of pipeline/grids/ablation.yaml after the demo's caches and
+# pretrained backbone exist, and writes pipeline/results/ablation.{json,md,png}; any grid spec
 # pipeline/grids/NAME.yaml is the target pipeline/results/NAME.json. The cells live in
 # RUNS/grid-NAME/<variant>/seed<k>/ and a finished cell is never re-run. A committed result
 # counts as done (a clean clone plans nothing for it); `--forcerun grid` re-runs it, training
@@ -45,9 +45,10 @@ rule grid:
 
 
 rule ablation:
-    """Table 1 and Fig. 3 of the paper on the demo data, 3 seeds (README: Ablations)."""
+    """Table 1 and Fig. 3 of the paper, the ceiling and the second stage on the demo data, 3 seeds
+    (README: Ablations)."""
     input:
-        "pipeline/results/ablation-demo.json",
+        "pipeline/results/ablation.json",
     threads: 1
     resources:
         mem_mb=100,

@@ -12,7 +12,13 @@ def second_stage_args(wildcards):
     args = [f"--score-thresh {s.get('score_thresh', 0.3)}",
             f"--per-class-cap {s.get('per_class_cap', 10)}",
             "--keep-top" if s.get("keep_top", True) else "--no-keep-top"]
-    return " ".join(args + (["--tta"] if s.get("tta") else []) + (["--device cuda"] if GPU_JOB else []))
+    if s.get("tta"):
+        args.append("--tta")
+        if s.get("tta_scales"):
+            args.append("--tta-scales " + ",".join(str(int(x)) for x in s["tta_scales"]))
+        if s.get("tta_flip") is not None:
+            args.append("--tta-flip" if s["tta_flip"] else "--tta-no-flip")
+    return " ".join(args + (["--device cuda"] if GPU_JOB else []))
 
 
 def retrain_overrides(wildcards):
