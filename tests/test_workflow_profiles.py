@@ -176,6 +176,21 @@ def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path)
         jobs["retrain"]["shell"]
 
 
+def test_shipped_second_stage_config_adds_the_stage_with_tta(tmp_path):
+    """README's one command that adds the second stage to the demo workflow."""
+    cfg = tmp_path / "dirs.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                   "runs_dir": str(tmp_path / "runs")}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(cfg),
+                        "pipeline/configs/workflow-second-stage.yaml"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
+    assert counts["pseudo_label"] == counts["retrain"] == "1"
+    assert "--tta --tta-scales 128,160,192 --tta-flip" in _jobs(out)["pseudo_label"]["shell"]
+
+
 def test_grid_target_plans_the_grid_after_the_demo_inputs(tmp_path):
     """`snakemake pipeline/results/NAME.json` trains the grid after the caches and the pretrained
     backbone its spec names, when the result is missing (a committed result counts as done)."""
