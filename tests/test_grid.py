@@ -228,3 +228,19 @@ def test_weak_over_full_ratios_and_pseudo_label_quality_in_the_summary():
     assert q["precision"]["mean"] == pytest.approx(55.0) and q["recall"]["mean"] is None
     md = G.markdown(summ)
     assert "| w | 0.25 | 0.25 |" in md and "| r | w | 2.0 ± 0.0 | 55.0 ± 7.1 | — |" in md
+
+
+def test_final_losses_average_the_last_logged_steps(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss_mil": 9.0, "loss_acl": 9.0, "lr": 1.0},
+            {"step": 2, "loss_mil": 1.0, "loss_acl": 2.0, "lr": 1.0},
+            {"eval": "val"},  # not a training step
+            {"step": 3, "loss_mil": 3.0, "lr": 1.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert G.final_losses(log, last=2) == {"loss_acl": 2.0, "loss_mil": 2.0}
+    assert G.final_losses(tmp_path / "none.jsonl") == {}
+    spec = {"variants": {"a": {}, "b": {}}, "compare": [["a", "b", "one seed"]]}
+    recs = [{"variant": v, "seed": 0, "metrics": {"mask AP50": x, "mask AP": x},
+             "losses": {"loss_mil": x / 10}} for v, x in (("a", 20.0), ("b", 10.0))]
+    md = G.markdown(G.summarize(spec, recs))
+    assert "| a | 2.000 |" in md and "| b | 1.000 |" in md and "one seed: not judged" in md

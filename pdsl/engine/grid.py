@@ -294,12 +294,27 @@ def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = Non
 
 
 def collect(spec: dict, out: Path, only=None) -> list[dict]:
-    """``cell.json`` of every finished cell (unfinished ones are left out)."""
+    """``cell.json`` of every finished cell (unfinished ones are left out), with its run's
+    :func:`final_losses`."""
     recs = []
     for c in cells(spec, only):
         if cell_done(c, spec, Path(out)):
-            recs.append(json.loads((c.dir(out) / "cell.json").read_text()))
+            rec = json.loads((c.dir(out) / "cell.json").read_text())
+            rec["losses"] = final_losses(c.dir(out) / "metrics.jsonl")
+            recs.append(rec)
     return recs
+
+
+def final_losses(metrics_jsonl, last: int = 100) -> dict:
+    """Mean of every ``loss_*`` of a run's last ``last`` logged steps (what each loss settled
+    at: the table's explanation of a direction); {} without a log."""
+    path = Path(metrics_jsonl)
+    if not path.is_file():
+        return {}
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "step" in r][-last:]
+    keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+    return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
 
 
 def _mean_std(values):
@@ -325,6 +340,9 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
         for col, _, _ in COLUMNS:
             m, sd = _mean_std([r["metrics"].get(col) for r in mine])
             row[col] = {"mean": m, "std": sd, "values": [r["metrics"].get(col) for r in mine]}
+        losses = [r.get("losses") or {} for r in mine]
+        row["losses"] = {k: _mean_std([x.get(k) for x in losses])[0]
+                         for k in sorted({k for x in losses for k in x})}
         if spec["variants"][name].get("kind") == "second_stage":
             row["from"] = spec["variants"][name]["from"]
             row["pseudo_label"] = {}
@@ -360,6 +378,7 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
             enough = len(rows[a]["seeds"]) > 1 and len(rows[b]["seeds"]) > 1
             comparisons.append({"label": label, "better": a, "worse": b, "metric": col,
                                 "diff": ma - mb, "sd_pooled": pooled,
+                                "enough": enough,
                                 "reproduced": bool(enough and ma - mb > 2 * pooled),
                                 "reversed": bool(enough and mb - ma > 2 * pooled)})
     return {"rows": rows, "comparisons": comparisons, "ratios": ratios}
@@ -392,12 +411,22 @@ def markdown(summary: dict, title: str = "") -> str:
         for name, row in stage2.items():
             lines.append(f"| {name} | {row['from']} | "
                          + " | ".join(_cell(row["pseudo_label"][c]) for c in cols) + " |")
+    by_keys = {}  # PDSL and Mask R-CNN runs log different losses: one table each
+    for name, row in summary["rows"].items():
+        if row.get("losses"):
+            by_keys.setdefault(tuple(row["losses"]), []).append(name)
+    for keys, names in by_keys.items():
+        lines += ["", "| training losses, mean of the last 100 steps | "
+                  + " | ".join(k[len("loss_"):] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name in names:
+            lines.append(f"| {name} | " + " | ".join(
+                f"{summary['rows'][name]['losses'][k]:.3f}" for k in keys) + " |")
     if summary["comparisons"]:
         lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict |",
                   "|---|---|---|---|---|"]
         for c in summary["comparisons"]:
             verdict = ("reproduced" if c["reproduced"] else "reversed" if c["reversed"]
-                       else "within noise")
+                       else "within noise" if c.get("enough", True) else "one seed: not judged")
             lines.append(f"| {c['label']}: {c['better']} > {c['worse']} | {c['metric']} | "
                          f"{c['diff']:+.1f} | {2 * c['sd_pooled']:.1f} | {verdict} |")
     return "\n".join(lines) + "\n"
