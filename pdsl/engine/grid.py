@@ -26,6 +26,7 @@ unfinished run resumes from its last checkpoint. :func:`summarize` writes the ta
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -111,8 +112,9 @@ def _check_second_stage(path, name: str, v: dict, variants: dict) -> None:
     try:
         PseudoLabelParams(**params)
     except TypeError as e:
-        raise ConfigError(f"{path}: variants.{name}.pseudo_label: {e} (fields: score_thresh, "
-                          f"per_class_cap, keep_top, tta)") from None
+        fields = ", ".join(f.name for f in dataclasses.fields(PseudoLabelParams))
+        raise ConfigError(f"{path}: variants.{name}.pseudo_label: {e} (fields: {fields})") \
+            from None
     except ConfigError as e:
         raise ConfigError(f"{path}: variants.{name}.pseudo_label: {e}") from None
 
