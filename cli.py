@@ -470,11 +470,15 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
     Every (variant, seed) cell trains with `cli.py train` semantics (an unfinished run resumes)
     and is evaluated on the spec's eval split; a finished cell (OUT/<variant>/seed<k>/cell.json)
     is never re-run, and a cell that finished with another spec is refused rather than
-    overwritten. The table gives mean ± std over seeds of mask/box AP and CorLoc, and whether
-    each expected direction is beyond seed noise (difference > 2 pooled std).
+    overwritten. Variant kinds: pdsl (default; an override list), supervised (Mask R-CNN on the
+    GT: the ceiling) and second_stage (`from: VARIANT`: that variant's cell of the same seed
+    labels the training split, Mask R-CNN is retrained on the labels; run after it). The table
+    gives mean ± std over seeds of mask/box AP and CorLoc, each variant's final training losses,
+    weak/full ratios, the pseudo labels' quality, and whether each expected direction is beyond
+    seed noise (difference > 2 pooled std).
 
     \b
-    Example (the Table 1 / Fig. 3 ablation on the demo data):
+    Example (Table 1, Fig. 3, the ceiling and the second stage on the demo data):
       python cli.py grid --spec pipeline/grids/ablation.yaml --out runs/grid-ablation \\
           --results pipeline/results/ablation --jobs 2 --threads 1
     """
