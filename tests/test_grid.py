@@ -51,7 +51,7 @@ def test_grid_runs_each_cell_once_and_writes_the_table(data, tmp_path, monkeypat
         assert (tmp_path / "res" / f"table{ext}").stat().st_size > 0
     md = (tmp_path / "res" / "table.md").read_text()
     assert "| base | 2 |" in md and "Table 1: n_r" in md
-    assert [c["metric"] for c in summary["comparisons"]] == ["mask AP50", "mask AP"]
+    assert [c["metric"] for c in summary["comparisons"]] == ["mask AP50", "mask AP", "box AP50"]
 
     # a second call re-runs nothing: training would fail loudly if it were called
     def boom(*a, **k):
@@ -118,6 +118,8 @@ def test_summary_verdicts_on_hand_made_cells():
     clear = by[("clear", "mask AP50")]
     assert clear["diff"] == pytest.approx(10.0) and clear["sd_pooled"] == pytest.approx(1.0)
     assert clear["reproduced"] and not clear["reversed"]
+    assert by[("noisy", "mask AP50")]["per_seed"] == {0: 3.0, 1: 0.0, 2: -3.0}  # a − c per seed
+    assert "| +3.0, +0.0, -3.0 |" in G.markdown(summ)
     noisy = by[("noisy", "mask AP50")]  # diff 0, pooled sqrt((1 + 16) / 2) ≈ 2.9
     assert not noisy["reproduced"] and not noisy["reversed"]
     assert by[("backwards", "mask AP50")]["reversed"]

@@ -43,6 +43,8 @@ from ..io import read_data_file, write_json_atomic
 COLUMNS = (("mask AP50", "segm", "AP50"), ("mask AP75", "segm", "AP75"), ("mask AP", "segm", "AP"),
            ("box AP50", "bbox", "AP50"), ("box AP75", "bbox", "AP75"), ("CorLoc", "bbox", "CorLoc"))
 KINDS = ("pdsl", "supervised", "second_stage")
+#: metrics of every expected direction (Table 1 is mask AP50; box AP50 shows where it lives)
+COMPARED = ("mask AP50", "mask AP", "box AP50")
 #: pseudo-label quality tabulated for second-stage variants: (column, quality.json key, scale)
 QUALITY = (("labels / image", "labels_per_image", 1), ("precision", "precision", 100),
            ("recall", "recall", 100), ("matched mask IoU", "matched_mask_iou", 100))
@@ -371,16 +373,20 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
         label = pair[2] if len(pair) > 2 else f"{a} > {b}"
         if a not in rows or b not in rows:
             continue
-        for col in ("mask AP50", "mask AP"):
+        for col in COMPARED:
             ma, sa = rows[a][col]["mean"], rows[a][col]["std"]
             mb, sb = rows[b][col]["mean"], rows[b][col]["std"]
             if ma is None or mb is None:
                 continue
             pooled = math.sqrt((sa ** 2 + sb ** 2) / 2)
             enough = len(rows[a]["seeds"]) > 1 and len(rows[b]["seeds"]) > 1
+            va = dict(zip(rows[a]["seeds"], rows[a][col]["values"]))
+            vb = dict(zip(rows[b]["seeds"], rows[b][col]["values"]))
+            per_seed = {k: va[k] - vb[k] for k in va if vb.get(k) is not None
+                        and va[k] is not None}
             comparisons.append({"label": label, "better": a, "worse": b, "metric": col,
                                 "diff": ma - mb, "sd_pooled": pooled,
-                                "enough": enough,
+                                "per_seed": per_seed, "enough": enough,
                                 "reproduced": bool(enough and ma - mb > 2 * pooled),
                                 "reversed": bool(enough and mb - ma > 2 * pooled)})
     return {"rows": rows, "comparisons": comparisons, "ratios": ratios}
@@ -424,13 +430,15 @@ def markdown(summary: dict, title: str = "") -> str:
             lines.append(f"| {name} | " + " | ".join(
                 f"{summary['rows'][name]['losses'][k]:.3f}" for k in keys) + " |")
     if summary["comparisons"]:
-        lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict | "
+                  "per seed (same seed: same detector when only the mask side differs) |",
+                  "|---|---|---|---|---|---|"]
         for c in summary["comparisons"]:
             verdict = ("reproduced" if c["reproduced"] else "reversed" if c["reversed"]
                        else "within noise" if c.get("enough", True) else "one seed: not judged")
             lines.append(f"| {c['label']}: {c['better']} > {c['worse']} | {c['metric']} | "
-                         f"{c['diff']:+.1f} | {2 * c['sd_pooled']:.1f} | {verdict} |")
+                         f"{c['diff']:+.1f} | {2 * c['sd_pooled']:.1f} | {verdict} | "
+                         + ", ".join(f"{d:+.1f}" for d in c.get("per_seed", {}).values()) + " |")
     return "\n".join(lines) + "\n"
 
 
