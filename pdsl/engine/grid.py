@@ -472,7 +472,7 @@ def plot(summary: dict, path, column: str = "mask AP50") -> None:
         if s:
             cv2.line(img, (xc, ty(m + s)), (xc, ty(max(m - s, 0))), (0, 0, 0), 1)
         cv2.putText(img, f"{m:.1f}", (x0, ty(m) - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-        cv2.putText(img, n[:10], (x0, H - B + 14 + 12 * (k % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
+        cv2.putText(img, n[:16], (x0, H - B + 14 + 12 * (k % 2)), cv2.FONT_HERSHEY_SIMPLEX, 0.35,
                     (0, 0, 0), 1)
     cv2.putText(img, f"{column} (mean, whiskers: 1 std over seeds)", (L, 18),
                 cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
