@@ -169,20 +169,24 @@ def main():
     ap.add_argument("--no-online", action="store_true", help="part 4 without the authors' online "
                     "GrabCut rows (~150 ms per box)")
     ap.add_argument("--readme", default=None, help="write part 4's table into this README")
+    ap.add_argument("--sharing", default=None, choices=("facility", "threshold"),
+                    help="the bank's sharing (default: SeedParams'); run both, one after the "
+                         "other on an idle machine, to compare their costs")
     args = ap.parse_args()
     import cv2
 
     cv2.setNumThreads(1)
     from pdsl.datasets.synthetic import generate
 
-    params = SeedParams()
+    params = SeedParams(**({"sharing": args.sharing} if args.sharing else {}))
     res = {"seed_params": params.to_dict()}
     if args.coco_real:
         with tempfile.TemporaryDirectory() as tmp:
             r = bench_real(args.coco_real, args.real_split, params, tmp, online=not args.no_online)
         cmd = "python pipeline/scripts/bench_cues.py --coco-real " + args.coco_real + (
             f" --real-split {args.real_split}" if args.real_split != "val2017" else "") + (
-            " --no-online" if args.no_online else "") + " --readme README.md"
+            " --no-online" if args.no_online else "") + (
+            f" --sharing {args.sharing}" if args.sharing else "") + " --readme README.md"
         md = real_markdown(r, cmd)
         print(md)
         if args.readme:
