@@ -224,6 +224,26 @@ def test_table1_switches(n_refine, n_mask, acl):
     assert masks.shape == (3, 28, 28) and bool(((masks >= 0) & (masks <= 1)).all())
 
 
+def test_predict_masks_head_choice():
+    """The model's masks are the sigmoid of the mean of its class-specific heads' logits; a
+    diagnostic ``head`` picks M^0 or one M^k alone."""
+    model = _tiny(n_mask=3).eval()
+    images, props, _, _ = _batch([[1, 1, 0]], P=12)
+    lab = torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        feats = model.backbone(images)
+        agnostic, specific = model.mask_head(feats, [props[0][:3]])
+        pick = [model.predict_masks(feats, [props[0][:3]], [lab], head=k) for k in (1, 2, 3)]
+        mean = model.predict_masks(feats, [props[0][:3]], [lab])
+        ag = model.predict_masks(feats, [props[0][:3]], [lab], head="agnostic")
+    for k in range(3):
+        assert torch.allclose(pick[k], torch.sigmoid(specific[k][torch.arange(3), lab]))
+    assert torch.allclose(mean, torch.sigmoid(torch.logit(torch.stack(pick)).mean(0)), atol=1e-5)
+    assert torch.allclose(ag, torch.sigmoid(agnostic))
+    with pytest.raises(ValueError, match="head must be"):
+        model.predict_masks(feats, [props[0][:3]], [lab], head=4)
+
+
 def test_no_label_image_parts_are_exactly_zero():
     model = _tiny().train()
     losses = model(*_batch([[0, 0, 0]]))

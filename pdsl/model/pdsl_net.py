@@ -219,13 +219,16 @@ class PDSLNet(nn.Module):
             out.append({"boxes": boxes, "scores": scores, "proposals": props})
         return out
 
-    def predict_masks(self, features: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+    def predict_masks(self, features: Tensor, boxes: list[Tensor], labels: list[Tensor],
+                      head="mean") -> Tensor:
         """Mask probabilities for final detections.
 
         Args:
             features (Tensor[B, Cf, h, w]): ``model.backbone(images)``.
             boxes (list of B Tensor[K_i, 4]): resized-image frame.
             labels (list of B LongTensor[K_i]): 0-based class index (column of ``scores``).
+            head: "mean" (the model's masks), or for diagnostics "agnostic" (``M^0`` alone) or
+                ``k`` in 1..n_m (``M^k`` alone).
         Returns: Tensor[ΣK_i, 28, 28] probabilities in each box's frame: sigmoid of the mean of
         the class-specific heads' logits at the box's class (the authors' code averages logits),
         or the class-agnostic head when n_m = 0.
@@ -234,13 +237,17 @@ class PDSLNet(nn.Module):
             raise ValueError(f"predict_masks: one boxes/labels entry per image expected: "
                              f"{features.shape[0]} images, {len(boxes)} boxes, "
                              f"{len(labels)} labels")
+        if head not in ("mean", "agnostic") and head not in range(1, self.n_mask + 1):
+            raise ValueError(f"predict_masks: head must be 'mean', 'agnostic' or 1..{self.n_mask}, "
+                             f"got {head!r}")
         boxes = [b.to(features.dtype) for b in boxes]
         agnostic, specific = self.mask_head(features, boxes)
-        if self.n_mask == 0:
+        if self.n_mask == 0 or head == "agnostic":
             return torch.sigmoid(agnostic)
         lab = torch.cat(labels).long()
         idx = torch.arange(lab.numel(), device=lab.device)
-        return torch.sigmoid(torch.stack([s[idx, lab] for s in specific]).mean(0))
+        chosen = specific if head == "mean" else specific[head - 1:head]
+        return torch.sigmoid(torch.stack([s[idx, lab] for s in chosen]).mean(0))
 
     # ------------------------------------------------------------------------------------------
     def _losses(self, features, proposals, proposal_scores, targets, image_size=None) -> dict:

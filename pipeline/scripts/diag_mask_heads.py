@@ -15,6 +15,7 @@ Prints one row per head (mask AP50, AP75, AP; box AP50 is the same in every row)
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import tempfile
@@ -30,19 +31,7 @@ import pdsl.engine.evaluate as E  # noqa: E402
 def head_choice(model, head):
     """Make ``model.predict_masks`` use ``head``: "agnostic" (M^0), an int k (M^k alone, 1-based)
     or "mean" (the model's own: mean of the class-specific logits)."""
-    if head == "mean":
-        return model
-    real_head = model.mask_head
-
-    def predict_masks(features, boxes, labels):
-        boxes = [b.to(features.dtype) for b in boxes]
-        agnostic, specific = real_head(features, boxes)
-        if head == "agnostic":
-            return torch.sigmoid(agnostic)
-        lab = torch.cat(labels).long()
-        return torch.sigmoid(specific[head - 1][torch.arange(lab.numel()), lab])
-
-    model.predict_masks = predict_masks
+    model.predict_masks = functools.partial(model.predict_masks, head=head)
     return model
 
 
