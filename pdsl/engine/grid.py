@@ -106,8 +106,7 @@ def _check_second_stage(path, name: str, v: dict, variants: dict) -> None:
 
     earlier = list(variants)[:list(variants).index(name)]
     src = v.get("from")
-    if src not in earlier or (variants[src] if isinstance(variants[src], dict) else {}).get(
-            "kind", "pdsl") != "pdsl":
+    if src not in earlier or variants[src].get("kind", "pdsl") != "pdsl":  # earlier: mappings now
         raise ConfigError(f"{path}: variants.{name}.from must name a pdsl variant listed before "
                           f"it (its run labels the training split), got {src!r}")
     params = v.setdefault("pseudo_label", {})

@@ -40,10 +40,10 @@ class PseudoLabelParams:
 
     def __post_init__(self):
         try:
-            scales = tuple(int(s) for s in self.scales)
+            scales = tuple(int(s) for s in self.scales or ())
         except (TypeError, ValueError):
-            scales = ()
-        if len(scales) != len(self.scales or ()) or any(s < 1 for s in scales):
+            scales = (0,)  # refused below
+        if any(s < 1 for s in scales):
             raise ConfigError(f"scales must be positive integers (px), got {self.scales!r}")
         object.__setattr__(self, "scales", scales)
         if not 0 <= self.score_thresh <= 1:

@@ -34,8 +34,10 @@ def main():
     rules = {s: replace(SeedParams(), sharing=s) for s in ("facility", "threshold")}
     cost = {s: 0.0 for s in rules}
     cover = {s: [] for s in rules}
+    n_props = []
     for k, img in enumerate(m.images[:a.images]):
         c = store.get(img["id"], with_bank=False)
+        n_props.append(len(c.boxes))
         image = read_image(m.image_path(img), img["id"])
         for s in (list(rules) if k % 2 == 0 else list(rules)[::-1]):
             t = time.process_time()
@@ -45,7 +47,7 @@ def main():
     n = min(a.images, len(m.images))
     for s in rules:
         print(f"{s:9s}: bank {cost[s] / n:.3f} core-s/image, mean coverage "
-              f"{np.mean(cover[s]):.3f} ({n} images, {np.mean([len(store.get(i['id'], with_bank=False).boxes) for i in m.images[:n]]):.0f} proposals/image)")
+              f"{np.mean(cover[s]):.3f} ({n} images, {np.mean(n_props):.0f} proposals/image)")
     print(f"facility / threshold cost: {cost['facility'] / cost['threshold']:.2f}x")
 
 
