@@ -394,10 +394,15 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
               help="With --tta: these shorter sides (px) instead of the run's input.test_scales.")
 @click.option("--tta-flip/--tta-no-flip", default=None,
               help="With --tta: mirrored passes or not (default: the run's input.test_flip).")
+@click.option("--masks", "mask_source", type=click.Choice(["model", "grabcut", "refine"]),
+              default="grabcut", show_default=True,
+              help="Where the labels' masks come from: grabcut = the cue cache's seed-mask method "
+                   "on each kept box (README: better labels than the model's own masks); model = "
+                   "the run's masks; refine = GrabCut started from the model's mask.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda")
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
 def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, keep_top, tta,
-                     tta_scales, tta_flip, device, force):
+                     tta_scales, tta_flip, mask_source, device, force):
     """Label a split with a trained run: pseudo labels for a fully supervised retrain.
 
     Only the classes of each image's labels are kept (they are known at training time). The
@@ -414,7 +419,8 @@ def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, 
     from pdsl.engine.pseudo_label import PseudoLabelParams, pseudo_label
 
     scales = tuple(x.strip() for x in tta_scales.split(",")) if tta_scales else ()
-    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta, scales, tta_flip)
+    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta, scales, tta_flip,
+                               mask_source)
     s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
     q = s.get("quality")
 

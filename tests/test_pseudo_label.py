@@ -139,3 +139,71 @@ def test_tta_scales_and_flip_reach_the_predictor(run, tmp_path, monkeypatch):
     assert set(seen) == {((160,), False)}
     with pytest.raises(ConfigError, match="scales must be positive integers"):
         PL.PseudoLabelParams(tta=True, scales=("big",))
+
+
+def _disk_scene(seed=0):
+    """A red disk (radius 20) on a noisy blue-grey background, 100 x 100, and its GT mask."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:100, 0:100]
+    disk = (xx - 50) ** 2 + (yy - 50) ** 2 <= 20 ** 2
+    img = np.empty((100, 100, 3), np.uint8)
+    img[:] = (150, 120, 100)
+    img[disk] = (40, 40, 200)
+    img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    return img, disk
+
+
+def _iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+def test_label_masks_grabcut_and_refine_recover_the_object_from_a_poor_model_mask():
+    from pdsl.cues.seeds import SeedParams
+
+    img, disk = _disk_scene()
+    box = np.array([[28.0, 28.0, 73.0, 73.0]], np.float32)
+    poor = np.zeros((1, 100, 100), bool)
+    poor[0, 40:70, 45:73] = True  # a model mask: a shifted block over part of the disk
+    seeds = SeedParams()
+    assert PL.label_masks(img, box, poor, "model", seeds) is not None
+    assert (PL.label_masks(img, box, poor, "model", seeds) == poor).all()
+    before = _iou(poor[0], disk)
+    for how in ("grabcut", "refine"):
+        m = PL.label_masks(img, box, poor, how, seeds)
+        assert m.shape == poor.shape and m.dtype == bool
+        assert _iou(m[0], disk) > 0.85 > before + 0.2, how
+        assert not m[0, :27].any() and not m[0, :, :27].any()  # never outside its box
+
+
+def test_label_masks_keep_the_model_mask_where_grabcut_degenerates():
+    from pdsl.cues.grabcut import grabcut_from_prior
+    from pdsl.cues.seeds import SeedParams
+
+    img, _ = _disk_scene()
+    tiny = np.array([[10.0, 10.0, 12.0, 12.0]], np.float32)   # under min_box_px
+    model = np.zeros((1, 100, 100), bool)
+    model[0, 10:12, 10:12] = True
+    for how in ("grabcut", "refine"):
+        assert (PL.label_masks(img, tiny, model, how, SeedParams()) == model).all()
+    # a prior with no foreground in the box's core gives GrabCut no sure foreground: no result
+    assert grabcut_from_prior(img, [28, 28, 73, 73], np.zeros((28, 28), np.float32)) is None
+    with pytest.raises(ConfigError, match="masks must be one of"):
+        PL.PseudoLabelParams(masks="sam")
+
+
+def test_the_mask_source_and_the_caches_seed_settings_reach_the_labeller(run, tmp_path,
+                                                                          monkeypatch):
+    from pdsl.cues.store import CueStore
+
+    real, seen = PL.label_masks, []
+
+    def spy(image, boxes, masks, how, seeds):
+        seen.append((how, seeds.crop_size, seeds.method))
+        return real(image, boxes, masks, how, seeds)
+
+    monkeypatch.setattr(PL, "label_masks", spy)
+    PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", tmp_path / "g.json",
+                    PL.PseudoLabelParams(score_thresh=0.0, masks="refine"), device="cpu")
+    stored = CueStore(run / "train.h5").meta("seeds")
+    assert seen and set(seen) == {("refine", stored["crop_size"], stored["method"])}
+    assert json.loads((tmp_path / "g.quality.json").read_text())["params"]["masks"] == "refine"

@@ -160,7 +160,7 @@ def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path)
     cfg.write_text(yaml.safe_dump({
         "data_dir": str(tmp_path / "data"), "runs_dir": str(tmp_path / "runs"),
         "second_stage": {"score_thresh": 0.4, "per_class_cap": 5, "keep_top": False,
-                         "tta": True, "tta_scales": [128, 160], "tta_flip": True}}))
+                         "masks": "refine", "tta": True, "tta_scales": [128, 160], "tta_flip": True}}))
     r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(cfg)],
                        cwd=REPO, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
@@ -169,8 +169,8 @@ def test_second_stage_section_plans_pseudo_labels_retrain_and_its_eval(tmp_path)
     assert counts["pseudo_label"] == counts["retrain"] == counts["train"] == "1"
     assert counts["eval"] == "2"  # the PDSL run and the retrained Mask R-CNN
     jobs = _jobs(out)
-    assert ("--score-thresh 0.4 --per-class-cap 5 --no-keep-top --tta --tta-scales 128,160 "
-            "--tta-flip") in jobs["pseudo_label"]["shell"]
+    assert ("--score-thresh 0.4 --per-class-cap 5 --no-keep-top --masks refine --tta "
+            "--tta-scales 128,160 --tta-flip") in jobs["pseudo_label"]["shell"]
     assert "train-supervised" in jobs["retrain"]["shell"]
     assert "--annotations " + str(tmp_path / "runs" / "demo" / "pseudo" / "train.json") in \
         jobs["retrain"]["shell"]
@@ -188,7 +188,7 @@ def test_shipped_second_stage_config_adds_the_stage_with_tta(tmp_path):
     assert r.returncode == 0, out[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
     assert counts["pseudo_label"] == counts["retrain"] == "1"
-    assert "--tta --tta-scales 160 --tta-flip" in _jobs(out)["pseudo_label"]["shell"]
+    assert "--masks grabcut --tta --tta-scales 160 --tta-flip" in _jobs(out)["pseudo_label"]["shell"]
 
 
 def test_grid_target_plans_the_grid_after_the_demo_inputs(tmp_path):

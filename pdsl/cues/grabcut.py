@@ -183,3 +183,43 @@ def grabcut_online(image: np.ndarray, box, mask_size: int = 28, long_side: int =
         fg = np.zeros(small.shape[:2], np.float32)
     m = resample_box(fg, bx, mask_size)
     return np.clip(np.rint(m * 255), 0, 255).astype(np.uint8)
+
+
+def grabcut_from_prior(image: np.ndarray, box, prior: np.ndarray, M: int = 28,
+                       crop_size: int = 64, margin: float = 0.25, iterations: int = 1,
+                       core: float = 0.7, upscale: bool = False,
+                       min_box_px: int = 4) -> np.ndarray | None:
+    """GrabCut initialised from a PRIOR mask of the box (a model's prediction), on a crop.
+
+    ``prior`` is ``float [P, P]`` in [0, 1] in the box frame. Labels of the initial mask: outside
+    the box ``GC_BGD``; inside it ``GC_PR_FGD`` where the prior is >= 0.5, else ``GC_PR_BGD``; the
+    prior's foreground inside the central ellipse with axes ``core`` of the inscribed one is sure
+    foreground (``GC_FGD``), as in :func:`grabcut_masked`. Returns ``float32 [M, M]`` in the box
+    frame, or None for a box under ``min_box_px`` crop pixels, a prior with no sure foreground, or
+    an OpenCV failure (the caller keeps the prior).
+    """
+    import cv2
+
+    from ..boxes import paste_mask
+
+    crop, bx = crop_around(image, box, margin, crop_size, upscale)
+    h, w = crop.shape[:2]
+    rx1, ry1, rx2, ry2 = _rect_in(bx, h, w)
+    if rx2 - rx1 < min_box_px or ry2 - ry1 < min_box_px:
+        return None
+    fg = paste_mask(np.asarray(prior, np.float32), bx, h, w)
+    yy, xx = np.mgrid[0:h, 0:w]
+    cx, cy = (bx[0] + bx[2]) / 2 - 0.5, (bx[1] + bx[3]) / 2 - 0.5
+    d = ((xx - cx) / ((bx[2] - bx[0]) / 2)) ** 2 + ((yy - cy) / ((bx[3] - bx[1]) / 2)) ** 2
+    sure = fg & (d <= core ** 2)
+    if not sure.any():
+        return None
+    lab = np.full((h, w), cv2.GC_BGD, np.uint8)
+    lab[ry1:ry2, rx1:rx2] = cv2.GC_PR_BGD
+    lab[fg] = cv2.GC_PR_FGD
+    lab[sure] = cv2.GC_FGD
+    if (rx1, ry1, rx2, ry2) == (0, 0, w, h):
+        lab[[0, -1], :] = cv2.GC_BGD
+        lab[:, [0, -1]] = cv2.GC_BGD
+    out = run_grabcut(crop, iterations, mask=lab)
+    return None if out is None else resample_box(out, bx, M)

@@ -11,7 +11,8 @@ def second_stage_args(wildcards):
     s = config["second_stage"]
     args = [f"--score-thresh {s.get('score_thresh', 0.3)}",
             f"--per-class-cap {s.get('per_class_cap', 10)}",
-            "--keep-top" if s.get("keep_top", True) else "--no-keep-top"]
+            "--keep-top" if s.get("keep_top", True) else "--no-keep-top",
+            f"--masks {s.get('masks', 'grabcut')}"]
     if s.get("tta"):
         args.append("--tta")
         if s.get("tta_scales"):
