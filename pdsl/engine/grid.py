@@ -449,7 +449,7 @@ def plot(summary: dict, path, column: str = "mask AP50") -> None:
     from ..evaluation.report import _colour, _imwrite
 
     names = list(summary["rows"])
-    W, H, L, B, T = max(360, 70 * len(names) + 80), 320, 50, 60, 30
+    W, H, L, B, T = max(360, 70 * len(names) + 120), 320, 50, 60, 30  # room for a 16-char last label
     img = np.full((H, W, 3), 255, np.uint8)
     means = [summary["rows"][n][column]["mean"] or 0.0 for n in names]
     stds = [summary["rows"][n][column]["std"] or 0.0 for n in names]
@@ -463,7 +463,7 @@ def plot(summary: dict, path, column: str = "mask AP50") -> None:
     for k in range(5):
         v = top * k / 4
         cv2.putText(img, f"{v:.0f}", (8, ty(v) + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 1)
-    step = (W - L - 20) / max(len(names), 1)
+    step = (W - L - 60) / max(len(names), 1)
     for k, (n, m, s) in enumerate(zip(names, means, stds)):
         x0, x1 = int(L + 10 + k * step), int(L + (k + 1) * step - 6)
         cv2.rectangle(img, (x0, ty(m)), (x1, H - B), _colour(k), -1)
