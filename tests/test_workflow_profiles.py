@@ -130,7 +130,7 @@ def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, 
     """The shipped VOC 2012 and COCO 2017 workflow configs parse, validate and plan every stage:
     MCG proposals, the real-photo seed settings, no demo pretraining, 4-GPU torchrun training."""
     src = yaml.safe_load((REPO / "pipeline" / "configs" / f"workflow-{name}.yaml").read_text())
-    assert src["seeds"]["method"] == "grabcut" and src["proposals"].startswith("mcg:")
+    assert src["seeds"]["method"] == "grabcut_masked" and src["proposals"].startswith("mcg:")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**src, "data_dir": str(tmp_path / "data"),
                                    "runs_dir": str(tmp_path / "runs")}))
@@ -149,7 +149,7 @@ def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, 
     assert f"--split {train_split}" in jobs["prepare"]["shell"] or \
         f"--split {splits[1]}" in jobs["prepare"]["shell"]
     assert "--format " + src["prepare"]["format"] in jobs["prepare"]["shell"]
-    assert "--method grabcut" in jobs["seeds"]["shell"] and "--max-bank 80" in jobs["seeds"]["shell"]
+    assert "--method grabcut_masked" in jobs["seeds"]["shell"] and "--max-bank 80" in jobs["seeds"]["shell"]
     assert f"--proposals '{src['proposals']}'" in jobs["proposals"]["shell"]
     assert "--nproc_per_node=4 cli.py train" in jobs["train"]["shell"]
     assert f"data/{dataset}/{train_split}.json" in jobs["train"]["shell"].replace(str(tmp_path) + "/", "")

@@ -69,9 +69,10 @@ def method_specs(params: SeedParams, has_segments: bool, online: bool) -> dict:
 
     specs = {"box": ("filled box", with_method("box")),
              "ellipse": ("inscribed ellipse", with_method("ellipse")),
-             "grabcut": ("GrabCut: rectangle, sure-fg core where it degenerates (default)",
+             "grabcut": ("GrabCut: rectangle, sure-fg core where it degenerates",
                          with_method("grabcut")),
-             "grabcut_masked": ("GrabCut, sure-fg core only", with_method("grabcut_masked")),
+             "grabcut_masked": ("GrabCut, sure-fg core only (default)",
+                                with_method("grabcut_masked")),
              "grabcut_rect_v1": ("GrabCut, rectangle, 72-px crop, 3 it (earlier bank)",
                                  with_method(**V1_PARAMS))}
     if has_segments:

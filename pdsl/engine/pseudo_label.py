@@ -103,7 +103,7 @@ def label_masks(image: np.ndarray, boxes, model_masks, how: str, seeds) -> np.nd
     H, W = model_masks.shape[1:]
     out = model_masks.copy()
     if how == "grabcut":
-        method = "grabcut" if seeds.needs_segments or seeds.method in ("box", "ellipse") \
+        method = "grabcut_masked" if seeds.needs_segments or seeds.method in ("box", "ellipse") \
             else seeds.method
         p = dc_replace(seeds, method=method, fallback="none")
     for k, box in enumerate(boxes):

@@ -172,13 +172,18 @@ def main():
     ap.add_argument("--sharing", default=None, choices=("facility", "threshold"),
                     help="the bank's sharing (default: SeedParams'); run both, one after the "
                          "other on an idle machine, to compare their costs")
+    ap.add_argument("--method", default=None, choices=("grabcut", "grabcut_masked", "grabcut_rect"),
+                    help="the bank's seed-mask method (default: SeedParams')")
+    ap.add_argument("--max-bank", type=int, default=None,
+                    help="masks per image at most (default: SeedParams')")
     args = ap.parse_args()
     import cv2
 
     cv2.setNumThreads(1)
     from pdsl.datasets.synthetic import generate
 
-    params = SeedParams(**({"sharing": args.sharing} if args.sharing else {}))
+    params = SeedParams(**{k: v for k, v in (("sharing", args.sharing), ("method", args.method),
+                                             ("max_bank", args.max_bank)) if v})
     res = {"seed_params": params.to_dict()}
     if args.coco_real:
         with tempfile.TemporaryDirectory() as tmp:
@@ -186,7 +191,9 @@ def main():
         cmd = "python pipeline/scripts/bench_cues.py --coco-real " + args.coco_real + (
             f" --real-split {args.real_split}" if args.real_split != "val2017" else "") + (
             " --no-online" if args.no_online else "") + (
-            f" --sharing {args.sharing}" if args.sharing else "") + " --readme README.md"
+            f" --sharing {args.sharing}" if args.sharing else "") + (
+            f" --method {args.method}" if args.method else "") + (
+            f" --max-bank {args.max_bank}" if args.max_bank else "") + " --readme README.md"
         md = real_markdown(r, cmd)
         print(md)
         if args.readme:
