@@ -61,7 +61,7 @@ _seed_options = [
                  default=None, help="How a box's seed mask is made. Default grabcut_masked "
                  "(GrabCut initialised with a sure-foreground core: no empty masks on real "
                  "photos); grabcut = the rectangle first, the core where it degenerates (clean "
-                 "shapes; ~1.7x the time); grabcut_rect = rectangle init (earlier versions); mcg / "
+                 "shapes; 1.7-1.8x the time); grabcut_rect = rectangle init (earlier versions); mcg / "
                  "mcg_grabcut need MCG '-proposals' segments."),
     click.option("--fallback", type=click.Choice(["ellipse", "box", "none"]), default=None,
                  help="Mask stored where the method degenerates. Default ellipse (box = the "
@@ -421,8 +421,9 @@ def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, 
     from pdsl.engine.pseudo_label import PseudoLabelParams, pseudo_label
 
     scales = tuple(x.strip() for x in tta_scales.split(",")) if tta_scales else ()
-    params = PseudoLabelParams(score_thresh, per_class_cap, keep_top, tta, scales, tta_flip,
-                               mask_source)
+    params = PseudoLabelParams(score_thresh=score_thresh, per_class_cap=per_class_cap,
+                               keep_top=keep_top, tta=tta, scales=scales, flip=tta_flip,
+                               masks=mask_source)
     s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
     q = s.get("quality")
 

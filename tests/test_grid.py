@@ -246,3 +246,28 @@ def test_final_losses_average_the_last_logged_steps(tmp_path):
              "losses": {"loss_mil": x / 10}} for v, x in (("a", 20.0), ("b", 10.0))]
     md = G.markdown(G.summarize(spec, recs))
     assert "| a | 2.000 |" in md and "| b | 1.000 |" in md and "one seed: not judged" in md
+
+
+def test_labels_of_an_unfinished_cell_made_with_other_parameters_are_refused(tmp_path):
+    """A second-stage cell whose labelling finished but whose training did not reuses its labels
+    only if the spec still asks for the same labelling (here the masks' source changed)."""
+    spec = {"train": {"manifest": "m.json", "cues": "c.h5"},
+            "variants": {"base": [], "r": {"kind": "second_stage", "from": "base",
+                                           "pseudo_label": {"masks": "grabcut"}}}}
+    src = G.Cell("base", 0, "pdsl", ()).dir(tmp_path)
+    src.mkdir(parents=True)
+    (src / "cell.json").write_text("{}")
+    cell = G.Cell("r", 0, "second_stage", (), "base")
+    labels = cell.dir(tmp_path) / "pseudo" / "train.json"
+    labels.parent.mkdir(parents=True)
+    from dataclasses import asdict
+
+    from pdsl.engine.pseudo_label import PseudoLabelParams
+
+    made = asdict(PseudoLabelParams(masks="model"))
+    labels.write_text(json.dumps({"info": {"params": made}, "annotations": []}))
+    with pytest.raises(ConfigError, match="labelled with other parameters"):
+        G._pseudo_labels(cell, spec, tmp_path)
+    labels.write_text(json.dumps({"info": {"params": asdict(PseudoLabelParams(masks="grabcut"))},
+                                  "annotations": []}))
+    assert G._pseudo_labels(cell, spec, tmp_path)[0] == labels  # the same labelling: reused

@@ -189,21 +189,29 @@ def test_label_masks_keep_the_model_mask_where_grabcut_degenerates():
     assert grabcut_from_prior(img, [28, 28, 73, 73], np.zeros((28, 28), np.float32)) is None
     with pytest.raises(ConfigError, match="masks must be one of"):
         PL.PseudoLabelParams(masks="sam")
+    with pytest.raises(ConfigError, match="mask source 'sam'"):
+        PL.label_masks(img, tiny, model, "sam", SeedParams())
 
 
 def test_the_mask_source_and_the_caches_seed_settings_reach_the_labeller(run, tmp_path,
                                                                           monkeypatch):
     from pdsl.cues.store import CueStore
 
-    real, seen = PL.label_masks, []
+    seen = []
 
-    def spy(image, boxes, masks, how, seeds):
+    def square(image, boxes, masks, how, seeds):
+        """A known mask for every kept detection: the 5 x 5 top-left square."""
         seen.append((how, seeds.crop_size, seeds.method))
-        return real(image, boxes, masks, how, seeds)
+        out = np.zeros_like(masks)
+        out[:, :5, :5] = True
+        return out
 
-    monkeypatch.setattr(PL, "label_masks", spy)
-    PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", tmp_path / "g.json",
-                    PL.PseudoLabelParams(score_thresh=0.0, masks="refine"), device="cpu")
+    monkeypatch.setattr(PL, "label_masks", square)
+    s = PL.pseudo_label(run / "run", run / "train.json", run / "train.h5", tmp_path / "g.json",
+                        PL.PseudoLabelParams(score_thresh=0.0, masks="refine"), device="cpu")
     stored = CueStore(run / "train.h5").meta("seeds")
     assert seen and set(seen) == {("refine", stored["crop_size"], stored["method"])}
     assert json.loads((tmp_path / "g.quality.json").read_text())["params"]["masks"] == "refine"
+    anns = json.loads((tmp_path / "g.json").read_text())["annotations"]
+    assert s["annotations"] > 0  # what label_masks returned is what the json holds
+    assert all(a["area"] == 25 and a["bbox"] == [0, 0, 5, 5] for a in anns)

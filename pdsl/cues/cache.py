@@ -80,7 +80,7 @@ def compute_seeds_shard(manifest: Manifest | str, proposals_file, out, params: S
     if params.needs_segments and not props.has_segments:
         raise CacheError(f"seed method {params.method!r} needs MCG segments, but {proposals_file} has "
                          f"none: use MCG '-proposals' files (mcg:DIR with segments) or --seed-method "
-                         f"grabcut")
+                         f"grabcut_masked")
     meta = {k: props.meta(k) for k in ("dataset", "split", "num_classes", "class_names",
                                        "manifest", "shard", "proposal_source")}
     meta["seeds"] = params.to_dict()

@@ -215,7 +215,7 @@ def seed_mask(image: np.ndarray, box, p: SeedParams, segment: np.ndarray | None 
         if segment is None:
             from ..errors import CacheError
             raise CacheError(f"seed method {p.method!r} needs MCG segments, but the proposals have "
-                             f"none (use MCG '-proposals' files, or method grabcut)")
+                             f"none (use MCG '-proposals' files, or method grabcut_masked)")
         seg = (segment.astype(np.float32) / 255.0 >= 0.5).astype(np.float32)
         if m is None:
             m = seg

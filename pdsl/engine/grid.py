@@ -219,10 +219,16 @@ def _pseudo_labels(cell: Cell, spec: dict, out: Path):
                           f"finished (no cell.json): run its variant '{cell.source}' first")
     labels = cell.dir(out) / "pseudo" / "train.json"
     qfile = labels.with_name("train.quality.json")
-    if not labels.exists():
+    params = PseudoLabelParams(**spec["variants"][cell.variant]["pseudo_label"])
+    if labels.exists():
+        # labels of an unfinished cell are reused only if made with this spec's parameters
+        made = json.loads(labels.read_text()).get("info", {}).get("params")
+        if made != json.loads(json.dumps(dataclasses.asdict(params))):
+            raise ConfigError(f"{labels} was labelled with other parameters ({made}); delete it "
+                              f"to relabel with the spec's")
+    else:
         labels.parent.mkdir(parents=True, exist_ok=True)
-        pseudo_label(src, spec["train"]["manifest"], spec["train"]["cues"], labels,
-                     PseudoLabelParams(**spec["variants"][cell.variant]["pseudo_label"]),
+        pseudo_label(src, spec["train"]["manifest"], spec["train"]["cues"], labels, params,
                      device="cpu")
     q = json.loads(qfile.read_text()) if qfile.exists() else {}
     quality = dict(q.get("quality") or {})

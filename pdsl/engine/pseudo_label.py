@@ -84,19 +84,24 @@ def select_pseudo_labels(scores, labels, present, params: PseudoLabelParams) -> 
 def label_masks(image: np.ndarray, boxes, model_masks, how: str, seeds) -> np.ndarray:
     """The masks of the kept detections, ``bool [K, H, W]``, by mask source ``how``.
 
-    ``model``: the run's own masks. ``grabcut``: the cue cache's seed-mask method (``seeds``, its
-    :class:`~pdsl.cues.seeds.SeedParams`; the GrabCut part of an MCG method) run on each kept box,
-    as the cues were made for the proposals, only now on the detector's final boxes. ``refine``:
-    GrabCut initialised from the model's mask inside its box
-    (:func:`~pdsl.cues.grabcut.grabcut_from_prior`). Where GrabCut degenerates (an empty or
-    failed result, a box too small to segment) the model's mask is kept: a shape would be worse.
+    ``model_masks`` are the run's ``bool [K, H, W]`` masks of the kept detections. ``model``:
+    those. ``grabcut``: the cue cache's seed-mask settings (``seeds``, its
+    :class:`~pdsl.cues.seeds.SeedParams`) run on each kept box, as the cues were made for the
+    proposals, only now on the detector's final boxes; a cache of shapes (``box``, ``ellipse``)
+    or MCG segments uses ``grabcut_masked`` with its crop settings. ``refine``: GrabCut
+    initialised from the model's mask inside its box
+    (:func:`~pdsl.cues.grabcut.grabcut_from_prior`). Where GrabCut degenerates (a failed result,
+    under ``seeds.empty_frac`` of the box, a box too small to segment) the model's mask is kept:
+    a shape would be worse. A result filling the box is kept (an object filling its box).
     """
     from dataclasses import replace as dc_replace
 
     from ..boxes import paste_mask
     from ..cues.grabcut import grabcut_from_prior, resample_box
-    from ..cues.seeds import STATUS_OK, seed_mask
+    from ..cues.seeds import STATUS_FULL, STATUS_OK, _status, seed_mask
 
+    if how not in MASK_SOURCES:
+        raise ConfigError(f"mask source {how!r}: expected one of {', '.join(MASK_SOURCES)}")
     model_masks = np.asarray(model_masks, bool)
     if how == "model" or not len(boxes):
         return model_masks
@@ -109,13 +114,14 @@ def label_masks(image: np.ndarray, boxes, model_masks, how: str, seeds) -> np.nd
     for k, box in enumerate(boxes):
         if how == "grabcut":
             m, status = seed_mask(image, box, p)
-            m = m if status == STATUS_OK else None
+            m = m if status in (STATUS_OK, STATUS_FULL) else None
         else:
             prior = resample_box(model_masks[k].astype(np.float32), box, seeds.mask_size)
             m = grabcut_from_prior(image, box, prior, M=seeds.mask_size,
                                    crop_size=seeds.crop_size, margin=seeds.margin,
                                    iterations=seeds.iterations, core=seeds.core,
                                    upscale=seeds.upscale, min_box_px=seeds.min_box_px)
+            m = m if m is not None and _status(m, seeds) in (STATUS_OK, STATUS_FULL) else None
         if m is not None:
             pasted = paste_mask(m, box, H, W)
             if pasted.any():

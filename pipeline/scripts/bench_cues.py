@@ -183,7 +183,7 @@ def main():
     from pdsl.datasets.synthetic import generate
 
     params = SeedParams(**{k: v for k, v in (("sharing", args.sharing), ("method", args.method),
-                                             ("max_bank", args.max_bank)) if v})
+                                             ("max_bank", args.max_bank)) if v is not None})
     res = {"seed_params": params.to_dict()}
     if args.coco_real:
         with tempfile.TemporaryDirectory() as tmp:

@@ -40,6 +40,9 @@ def main():
     ap.add_argument("--sources", default=",".join(PL.MASK_SOURCES))
     ap.add_argument("--out")
     a = ap.parse_args()
+    unknown = set(a.sources.split(",")) - set(PL.MASK_SOURCES)
+    if unknown:
+        ap.error(f"--sources: unknown {sorted(unknown)}; choose from {', '.join(PL.MASK_SOURCES)}")
 
     import torch
 
