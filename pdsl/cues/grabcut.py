@@ -106,6 +106,30 @@ def run_grabcut(img: np.ndarray, iterations: int, rect=None, mask=None) -> np.nd
     return ((lab == cv2.GC_FGD) | (lab == cv2.GC_PR_FGD)).astype(np.float32)
 
 
+def _init_labels(bx, h: int, w: int, core: float, fg: np.ndarray | None = None) -> np.ndarray:
+    """GrabCut's initial labels (``uint8 [h, w]``, GC_* values) for the box ``bx`` of an h x w crop:
+    outside the box ``GC_BGD``, inside it ``GC_PR_BGD``; the foreground ``fg`` (``bool [h, w]``;
+    None: the box's inscribed ellipse) ``GC_PR_FGD``, and its part inside the central ellipse with
+    axes ``core`` of the inscribed one ``GC_FGD``. A box filling the crop gets a one-pixel
+    ``GC_BGD`` frame, so GrabCut always has a background sample."""
+    import cv2
+
+    rx1, ry1, rx2, ry2 = _rect_in(bx, h, w)
+    lab = np.full((h, w), cv2.GC_BGD, np.uint8)
+    lab[ry1:ry2, rx1:rx2] = cv2.GC_PR_BGD
+    yy, xx = np.mgrid[ry1:ry2, rx1:rx2]
+    cx, cy = (bx[0] + bx[2]) / 2 - 0.5, (bx[1] + bx[3]) / 2 - 0.5
+    d = ((xx - cx) / ((bx[2] - bx[0]) / 2)) ** 2 + ((yy - cy) / ((bx[3] - bx[1]) / 2)) ** 2
+    inner = lab[ry1:ry2, rx1:rx2]
+    inside = d <= 1.0 if fg is None else fg[ry1:ry2, rx1:rx2]
+    inner[inside] = cv2.GC_PR_FGD
+    inner[inside & (d <= core ** 2)] = cv2.GC_FGD
+    if (rx1, ry1, rx2, ry2) == (0, 0, w, h):
+        lab[[0, -1], :] = cv2.GC_BGD
+        lab[:, [0, -1]] = cv2.GC_BGD
+    return lab
+
+
 def grabcut_masked(image: np.ndarray, box, M: int = 28, crop_size: int = 64, margin: float = 0.25,
                    iterations: int = 2, core: float = 0.7, upscale: bool = False,
                    min_box_px: int = 4) -> np.ndarray | None:
@@ -119,25 +143,12 @@ def grabcut_masked(image: np.ndarray, box, M: int = 28, crop_size: int = 64, mar
     Returns ``float32 [M, M]`` in the box frame, or None when the box is under ``min_box_px`` crop
     pixels or OpenCV fails (the caller applies the fallback shape).
     """
-    import cv2
-
     crop, bx = crop_around(image, box, margin, crop_size, upscale)
     h, w = crop.shape[:2]
     rx1, ry1, rx2, ry2 = _rect_in(bx, h, w)
     if rx2 - rx1 < min_box_px or ry2 - ry1 < min_box_px:
         return None
-    lab = np.full((h, w), cv2.GC_BGD, np.uint8)
-    lab[ry1:ry2, rx1:rx2] = cv2.GC_PR_BGD
-    yy, xx = np.mgrid[ry1:ry2, rx1:rx2]
-    cx, cy = (bx[0] + bx[2]) / 2 - 0.5, (bx[1] + bx[3]) / 2 - 0.5
-    d = ((xx - cx) / ((bx[2] - bx[0]) / 2)) ** 2 + ((yy - cy) / ((bx[3] - bx[1]) / 2)) ** 2
-    inner = lab[ry1:ry2, rx1:rx2]
-    inner[d <= 1.0] = cv2.GC_PR_FGD
-    inner[d <= core ** 2] = cv2.GC_FGD
-    if (rx1, ry1, rx2, ry2) == (0, 0, w, h):
-        lab[[0, -1], :] = cv2.GC_BGD
-        lab[:, [0, -1]] = cv2.GC_BGD
-    fg = run_grabcut(crop, iterations, mask=lab)
+    fg = run_grabcut(crop, iterations, mask=_init_labels(bx, h, w, core))
     return None if fg is None else resample_box(fg, bx, M)
 
 
@@ -208,19 +219,8 @@ def grabcut_from_prior(image: np.ndarray, box, prior: np.ndarray, M: int = 28,
     rx1, ry1, rx2, ry2 = _rect_in(bx, h, w)
     if rx2 - rx1 < min_box_px or ry2 - ry1 < min_box_px:
         return None
-    fg = paste_mask(np.asarray(prior, np.float32), bx, h, w)
-    yy, xx = np.mgrid[0:h, 0:w]
-    cx, cy = (bx[0] + bx[2]) / 2 - 0.5, (bx[1] + bx[3]) / 2 - 0.5
-    d = ((xx - cx) / ((bx[2] - bx[0]) / 2)) ** 2 + ((yy - cy) / ((bx[3] - bx[1]) / 2)) ** 2
-    sure = fg & (d <= core ** 2)
-    if not sure.any():
+    lab = _init_labels(bx, h, w, core, paste_mask(np.asarray(prior, np.float32), bx, h, w))
+    if not (lab == cv2.GC_FGD).any():
         return None
-    lab = np.full((h, w), cv2.GC_BGD, np.uint8)
-    lab[ry1:ry2, rx1:rx2] = cv2.GC_PR_BGD
-    lab[fg] = cv2.GC_PR_FGD
-    lab[sure] = cv2.GC_FGD
-    if (rx1, ry1, rx2, ry2) == (0, 0, w, h):
-        lab[[0, -1], :] = cv2.GC_BGD
-        lab[:, [0, -1]] = cv2.GC_BGD
     out = run_grabcut(crop, iterations, mask=lab)
     return None if out is None else resample_box(out, bx, M)

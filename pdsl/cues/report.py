@@ -113,7 +113,7 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
     store.check_manifest(manifest, require_bank=True)
-    params = SeedParams(**(store.meta("seeds") or {}))
+    params = SeedParams.from_stored(store.meta("seeds"))
     rep = {"manifest": str(manifest.path), "cues": str(store.path), "images": len(store),
            "proposal_source": store.meta("proposal_source"), "seeds": params.to_dict()}
 

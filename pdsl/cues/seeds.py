@@ -14,7 +14,7 @@ box it belongs to (see ``pdsl.cues.store``).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -78,6 +78,13 @@ class SeedParams:
             raise DataError(f"seed sharing {self.sharing!r}: expected threshold or facility")
         if self.mask_size < 28:
             raise DataError(f"seed mask_size {self.mask_size}: must be >= 28 (the mask head's size)")
+
+    @classmethod
+    def from_stored(cls, stored: dict | None) -> "SeedParams":
+        """The settings a cache recorded (``store.meta("seeds")``); a field added since it was
+        made takes its default, a field since removed is ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (stored or {}).items() if k in known})
 
     @property
     def needs_segments(self) -> bool:

@@ -129,6 +129,20 @@ def label_masks(image: np.ndarray, boxes, model_masks, how: str, seeds) -> np.nd
     return out
 
 
+def kept_detections(model, store, manifest, img, test, params: PseudoLabelParams, index, device):
+    """One image predicted from its cached proposals (``test``: the pass settings) and the indices
+    of the detections kept as its pseudo labels: ``(image BGR, prediction dict, keep)``.
+    ``index`` maps a category id to its 0-based class."""
+    from .inference import predict_image
+
+    c = store.get(img["id"], with_bank=False)
+    image = read_image(manifest.image_path(img), img["id"])
+    p = predict_image(model, image, c.boxes, c.scores, test, device)
+    keep = select_pseudo_labels(p["scores"], p["labels"], [index[cid] for cid in img["labels"]],
+                                params)
+    return image, p, keep
+
+
 def _annotations(img, p, keep, cat_ids) -> list[dict]:
     from pycocotools import mask as mask_utils
 
@@ -191,7 +205,7 @@ def pseudo_label(run_dir, manifest, cues, out, params: PseudoLabelParams = Pseud
     import click
 
     from .evaluate import _device, _open_split, load_run
-    from .inference import TestParams, predict_image
+    from .inference import TestParams
 
     out = Path(out)
     if out.exists() and not force:
@@ -205,7 +219,9 @@ def pseudo_label(run_dir, manifest, cues, out, params: PseudoLabelParams = Pseud
         test = replace(test, scales=params.scales)
     if params.tta and params.flip is not None:
         test = replace(test, flip=params.flip)
-    seeds = _seed_params(store)
+    from ..cues.seeds import SeedParams
+
+    seeds = SeedParams.from_stored(store.meta("seeds"))
     cat_ids = [c["id"] for c in sorted(manifest.categories, key=lambda c: int(c["id"]))]
     index = {cid: k for k, cid in enumerate(cat_ids)}
     parts = out.with_name(out.name + ".parts")
@@ -220,12 +236,8 @@ def pseudo_label(run_dir, manifest, cues, out, params: PseudoLabelParams = Pseud
         for k in todo:
             lines = []
             for img in chunks[k]:
-                c = store.get(img["id"], with_bank=False)
-                image = read_image(manifest.image_path(img), img["id"])
-                p = predict_image(model, image, c.boxes, c.scores, test, device)
-                present = [index[cid] for cid in img["labels"]]
-                keep = select_pseudo_labels(p["scores"], p["labels"], present, params)
-                p["masks"] = p["masks"].copy()
+                image, p, keep = kept_detections(model, store, manifest, img, test, params,
+                                                 index, device)
                 p["masks"][keep] = label_masks(image, p["boxes"][keep], p["masks"][keep],
                                                params.masks, seeds)
                 lines += [json.dumps(a) for a in _annotations(img, p, keep, cat_ids)]
@@ -233,17 +245,6 @@ def pseudo_label(run_dir, manifest, cues, out, params: PseudoLabelParams = Pseud
             with atomic_path(parts / f"part-{k:05d}.jsonl") as tmp:
                 Path(tmp).write_text("".join(line + "\n" for line in lines))
     return _assemble(out, parts, manifest, chunks, stamp)
-
-
-def _seed_params(store):
-    """The cue cache's seed-mask settings (a cache made before a field existed: its default)."""
-    import dataclasses
-
-    from ..cues.seeds import SeedParams
-
-    stored = store.meta("seeds", {}) or {}
-    known = {f.name for f in dataclasses.fields(SeedParams)}
-    return SeedParams(**{k: v for k, v in stored.items() if k in known})
 
 
 def _check_parts(parts: Path, stamp: dict) -> None:

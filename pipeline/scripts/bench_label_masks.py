@@ -46,9 +46,9 @@ def main():
 
     import torch
 
+    from pdsl.cues.seeds import SeedParams
     from pdsl.engine.evaluate import _device, _open_split, load_run
-    from pdsl.engine.inference import TestParams, predict_image
-    from pdsl.io import read_image
+    from pdsl.engine.inference import TestParams
 
     torch.set_num_threads(1)
     device = _device("cpu")
@@ -56,7 +56,7 @@ def main():
     model, cfg, _, _ = load_run(a.run, manifest.class_names, device)
     params = PL.PseudoLabelParams(a.score_thresh, a.per_class_cap)
     test = replace(TestParams.from_config(cfg, False), flip=a.tta_flip)  # the middle test scale
-    seeds = PL._seed_params(store)
+    seeds = SeedParams.from_stored(store.meta("seeds"))
     cat_ids = [c["id"] for c in sorted(manifest.categories, key=lambda c: int(c["id"]))]
     index = {cid: k for k, cid in enumerate(cat_ids)}
     sources = a.sources.split(",")
@@ -64,11 +64,8 @@ def main():
     seconds = dict.fromkeys(sources, 0.0)
     images = manifest.images[:a.max_images]
     for n, img in enumerate(images):
-        c = store.get(img["id"], with_bank=False)
-        image = read_image(manifest.image_path(img), img["id"])
-        p = predict_image(model, image, c.boxes, c.scores, test, device)
-        keep = PL.select_pseudo_labels(p["scores"], p["labels"],
-                                       [index[cid] for cid in img["labels"]], params)
+        image, p, keep = PL.kept_detections(model, store, manifest, img, test, params, index,
+                                            device)
         gts = manifest.annotations_of(img["id"])
         for s in sources:
             t = time.process_time()
