@@ -39,7 +39,7 @@ def test_bad_amp_value_is_one_clear_error():
 
 
 def test_shipped_configs_use_words():
-    # the paper configs train in float32 as the authors' code does (issue 9); fp16/bf16 are a switch
+    # the paper configs train in float32 as the authors' code does; fp16/bf16 are a switch
     for name, word in (("demo.yaml", "off"), ("voc2012_r50.yaml", "off"),
                        ("coco_r50.yaml", "off")):
         assert yaml.safe_load((CONFIGS / name).read_text())["solver"]["amp"] == word

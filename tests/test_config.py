@@ -46,7 +46,7 @@ def test_defaults_have_the_paper_values():
 
 def test_defaults_have_the_authors_code_values():
     """Where the authors' code (pdsl_WSR_50_DC5_1x.yaml and its bases) differs from the paper's
-    text, the default is the code's (issue 9)."""
+    text, the default is the code's."""
     cfg = default_config()
     m = cfg.model
     assert (m.backbone, m.freeze_at, m.fc6_dim, m.hidden_dim, m.box_pooler) == (
@@ -69,7 +69,7 @@ def test_defaults_have_the_authors_code_values():
     ("model.freeze_at=6", "model.freeze_at must be in 0..5"),
     ("input.test_nms=0", "input.test_nms must be in"),
 ])
-def test_issue9_switches_reject_bad_values(override, msg):
+def test_authors_switches_reject_bad_values(override, msg):
     with pytest.raises(ConfigError, match=msg):
         load_config(None, [override])
 

@@ -1,4 +1,4 @@
-"""Fault injection (issue 10): the mistakes and accidents of real use, one test each.
+"""Fault injection: the mistakes and accidents of real use, one test each.
 
 Each fault ends with exit status 2 and one ``Error:`` line naming the file, image or field (no
 traceback), or, for kills, resumes to the same result as an uninterrupted run.

@@ -213,7 +213,7 @@ def test_activation_correlation_loss_no_positive_is_exactly_zero():
     loss.backward()
 
 
-# ================================================================ issue 9: the authors' variants
+# ================================================================ the authors' variants
 # ---------------------------------------------------------------- eq. 2, MIL mean
 def test_wsddn_mil_loss_mean_over_classes():
     y = torch.tensor([0.8, 0.3, 0.5])
@@ -360,7 +360,7 @@ def test_acl_with_matched_target_hand_value():
 
 
 def test_acl_target_fixes_the_foreground_fraction_of_a_binary_mask():
-    # Diagnosis of issue 9: for a 0/1 mask with foreground fraction f, eq. 7 gives
+    # Why ACL dims the demo's masks: for a 0/1 mask with foreground fraction f, eq. 7 gives
     # a = (1/τ) ln(f e^τ + 1 - f), so ACL (eq. 8) pulls the mask toward f = (e^{τ â} - 1)/(e^τ - 1):
     # a top-box score â = 0.3 asks for 2.4 % of the box, 0.9 for 60 %.
     for f, a_hand in ((0.6, math.log(0.6 * math.exp(5) + 0.4) / 5),

@@ -287,7 +287,7 @@ def test_bad_inputs_name_the_shape():
         PDSLNet(3, backbone="tiny", n_refine=-1)
 
 
-# ================================================================ issue 9
+# ================================================================ the authors' switches
 # ---------------------------------------------------------------- ResNet-WS
 @pytest.mark.parametrize("name,channels", [("resnet18_ws", 512), ("resnet50_ws", 2048),
                                            ("tiny_ws", 128)])

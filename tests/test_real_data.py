@@ -1,4 +1,4 @@
-"""Loaders that take what users have, and the stages around them (issue 10): VOC layouts with any
+"""Loaders that take what users have, and the stages around them: VOC layouts with any
 file names, one folder class list for every split, JSON image-level labels, `predict` writing the
 manifest's category ids, and a workflow whose train/eval sections may be left out."""
 from __future__ import annotations

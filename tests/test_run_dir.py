@@ -1,4 +1,4 @@
-"""A run directory belongs to one run: ``train --out RUN`` never overwrites a run (issue 10).
+"""A run directory belongs to one run: ``train --out RUN`` never overwrites a run.
 
 RUN/run.json records the hash of the resolved config; training into a directory that holds a
 run is refused without --resume, and with --resume unless the config is the same."""

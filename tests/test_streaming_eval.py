@@ -1,4 +1,4 @@
-"""Streaming evaluation (issue 10): the same numbers as one COCOeval run, memory that does not
+"""Streaming evaluation: the same numbers as one COCOeval run, memory that does not
 grow with the images, the results json written as images come; VOC AP beside COCO's 101-point
 mAP, checked against precision-recall curves computed by hand."""
 from __future__ import annotations

@@ -199,14 +199,14 @@ def test_grid_target_plans_the_grid_after_the_demo_inputs(tmp_path):
     work = tmp_path / "repo"
     shutil.copytree(REPO, work, ignore=shutil.ignore_patterns(".venv*", "data", "runs", ".git",
                                                               ".snakemake", "__pycache__"))
-    for f in (work / "pipeline" / "results").glob("issue9-switches.*"):
+    for f in (work / "pipeline" / "results").glob("authors-switches.*"):
         f.unlink()
-    r = subprocess.run([sys.executable, "-m", "snakemake", "pipeline/results/issue9-switches.json",
+    r = subprocess.run([sys.executable, "-m", "snakemake", "pipeline/results/authors-switches.json",
                         "-n", "-p", "--cores", "2"], cwd=work, capture_output=True, text=True,
                        timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", out, flags=re.M))
     assert counts["grid"] == counts["pretrain"] == "1" and counts["merge"] == "2"
-    assert "cli.py grid --spec pipeline/grids/issue9-switches.yaml --out runs/grid-issue9-switches" \
-        " --results pipeline/results/issue9-switches --jobs 2 --threads 1" in out
+    assert "cli.py grid --spec pipeline/grids/authors-switches.yaml --out runs/grid-authors-switches" \
+        " --results pipeline/results/authors-switches --jobs 2 --threads 1" in out

@@ -1,4 +1,4 @@
-"""Why are the demo's masks imprecise? Measures on a trained run (issue 9 diagnosis; not a test).
+"""Why are the demo's masks imprecise? Measures on a trained run (a diagnosis of the authors' switches; not a test).
 
     python pipeline/scripts/diagnose_masks.py --run runs/demo --manifest data/synthetic/val.json \
         --cues data/cues/synthetic/val/cues.h5 --max-images 100 [--json out.json]
