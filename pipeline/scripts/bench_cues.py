@@ -10,10 +10,10 @@
    ``--real-split`` (val2017), the whole cache stage's core-seconds per image (proposals + bank, at
    the built-in source's 2,000 proposals), proposal recall overall and by size, and the seed-mask
    table of ``cue-report`` (every method on the matched proposal and on the GT box, by size);
-   ``--readme README.md`` writes that table between the ``<!-- bench_cues:real -->`` markers.
+   ``--readme pipeline/results/README.md`` writes that table between the ``<!-- bench_cues:real -->`` markers.
 
     python pipeline/scripts/bench_cues.py [--images 16] [--quality-images 60] [--out bench.json]
-    python pipeline/scripts/bench_cues.py --coco-real ../shared/data/coco-real --readme README.md
+    python pipeline/scripts/bench_cues.py --coco-real ../shared/data/coco-real --readme pipeline/results/README.md
 
 Selective search finds fewer than 2,000 boxes on synthetic images; the proposal list is padded to
 exactly 2,000 with jittered copies of its own boxes (MCG-like redundancy) so the seed stage is
@@ -193,7 +193,7 @@ def main():
             " --no-online" if args.no_online else "") + (
             f" --sharing {args.sharing}" if args.sharing else "") + (
             f" --method {args.method}" if args.method else "") + (
-            f" --max-bank {args.max_bank}" if args.max_bank else "") + " --readme README.md"
+            f" --max-bank {args.max_bank}" if args.max_bank else "") + " --readme pipeline/results/README.md"
         md = real_markdown(r, cmd)
         print(md)
         if args.readme:
