@@ -15,9 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import dump_config, save_config, to_dict
 from ..data import log
 from ..errors import ConfigError, PDSLError
 from ..io import atomic_path
+from ..rundir import record_run
 from ..sampling import TrainBatchSampler, single_threaded_opencv, worker_init
 
 
@@ -114,7 +116,17 @@ def train_loader(dataset, cfg, start: int, collate_fn, device, rank: int = 0, wo
         generator=torch.Generator().manual_seed(seed))  # not the global RNG: resume stays exact
 
 
-# -- progress and the metrics log ------------------------------------------------------------------
+# -- the run directory, progress and the metrics log -----------------------------------------------
+def open_run_dir(out_dir: Path, cfg, manifest, name: str, setup: str, extra=None) -> None:
+    """Create the run directory and record the run: ``run.json`` (with ``extra``), the resolved
+    config (logged, and ``config.yaml``), then ``NAME: setup``, the line saying how it trains."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    record_run(out_dir, to_dict(cfg), manifest, extra=extra)
+    log(f"{name}: resolved config\n{dump_config(cfg)}")
+    save_config(cfg, out_dir / "config.yaml")
+    log(f"{name}: {setup}")
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 
 from ..amp import autocast, effective_amp, grad_scaler
-from ..config import dump_config, load_config, save_config, to_dict
+from ..config import load_config, to_dict
 from ..data import log
 from ..errors import ConfigError
 from ..model.maskrcnn import KIND, build_maskrcnn
-from ..rundir import check_run_dir, record_run, run_record
+from ..rundir import check_run_dir, run_record
 from .checkpoint import (check_classes, last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
 from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
-                   lr_factor, optimizer_step, report_config_changes, step_seed, train_loader,
-                   truncate_metrics)
+                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
+                   train_loader, truncate_metrics)
 from .supervised_data import InstanceDataset, annotations_identity, collate_instances
 
 
@@ -116,13 +116,10 @@ def _train(cfg, manifest, annotations, out_dir: Path, resume, device) -> Path:
         report_config_changes(ckpt.get("config", {}), cfg_dict)
         log(f"train-supervised: resumed from {ckpt_path} at step {start}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_run(out_dir, cfg_dict, manifest, extra=ident)
-    log(f"train-supervised: resolved config\n{dump_config(cfg)}")
-    save_config(cfg, out_dir / "config.yaml")
-    log(f"train-supervised: Mask R-CNN on {cfg.model.backbone} (anchors {model.anchor_sizes}), "
-        f"{s.images_per_gpu} image(s) x {accum} accumulation pass(es) = {s.images_per_step} "
-        f"images per step, device {device}, AMP {amp}")
+    open_run_dir(out_dir, cfg, manifest, "train-supervised",
+                 f"Mask R-CNN on {cfg.model.backbone} (anchors {model.anchor_sizes}), "
+                 f"{s.images_per_gpu} image(s) x {accum} accumulation pass(es) = "
+                 f"{s.images_per_step} images per step, device {device}, AMP {amp}", extra=ident)
     if start >= s.max_iter:
         log(f"train-supervised: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
         return ckpt_path

@@ -29,16 +29,16 @@ import numpy as np
 import torch
 
 from ..amp import autocast, effective_amp, grad_scaler
-from ..config import dump_config, load_config, save_config, to_dict
+from ..config import load_config, to_dict
 from ..data import Collate, TrainDataset, batch_to_device, log
 from ..errors import ConfigError
-from ..rundir import check_run_dir, record_run
+from ..rundir import check_run_dir
 from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
                          last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
 from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
-                   lr_factor, optimizer_step, report_config_changes, step_seed, train_loader,
-                   truncate_metrics)
+                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
+                   train_loader, truncate_metrics)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
@@ -209,13 +209,10 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
             log(f"train: model initialised from {weights}")
 
     if main:  # after the checks above: a refused resume leaves the run directory untouched
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record_run(out_dir, to_dict(cfg), manifest)
-        log(f"train: resolved config\n{dump_config(cfg)}")
-        save_config(cfg, out_dir / "config.yaml")
-        log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
-            f"pass(es) = {s.images_per_step} images per step, device {device}, AMP "
-            f"{effective_amp(s.amp, device)}")
+        open_run_dir(out_dir, cfg, manifest, "train",
+                     f"{world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
+                     f"pass(es) = {s.images_per_step} images per step, device {device}, AMP "
+                     f"{effective_amp(s.amp, device)}")
     if start >= s.max_iter:
         if main:
             log(f"train: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
