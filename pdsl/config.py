@@ -31,6 +31,9 @@ CHOICES = {
     "cues.degenerate": ("box", "ignore", "keep"),
     "cues.reproject": ("auto", "warp", "cut"),
     "cues.seed_source": ("bank", "mcg"),
+    # the switches between the paper's text and the authors' code (first value = the authors'
+    # code, the default of pdsl/defaults.yaml; README "Paper vs authors' code" lists both);
+    # PDSLNet checks its arguments against these too
     "model.mil_reduction": ("mean", "sum"),
     "model.refine_pseudo_box": ("regressed", "raw"),
     "model.refine_weight": ("image_score", "top_score"),

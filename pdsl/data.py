@@ -26,6 +26,7 @@ import torch
 from .cues.store import STATUS_EMPTY, STATUS_FULL
 from .errors import DataError
 from .io import read_image
+from .sampling import sample_rng
 
 
 ONLINE_MASK_SIZE = 28  # online GrabCut masks are M x M in their box frame (the mask head's size)
@@ -33,6 +34,15 @@ ONLINE_MASK_SIZE = 28  # online GrabCut masks are M x M in their box frame (the 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def check_kept(what: str, ids: list, manifest, skipped: str, empty: str, verbose: bool) -> None:
+    """A training dataset's line ``WHAT: N images of M in MANIFEST`` + ``skipped`` (which images
+    it left out and why), and a :class:`DataError` ``empty`` when it keeps none."""
+    if verbose:
+        log(f"{what}: {len(ids)} images of {len(manifest.images)} in {manifest.path}{skipped}")
+    if not ids:
+        raise DataError(empty)
 
 
 # -- image helpers ---------------------------------------------------------------------------------
@@ -82,12 +92,6 @@ def flip_boxes(boxes: np.ndarray, width: float) -> np.ndarray:
     return out
 
 
-def sample_rng(seed: int, step: int, slot: int, index: int) -> np.random.Generator:
-    """The generator of one training sample: a pure function of its position in the run."""
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(step), int(slot),
-                                                         int(index)]))
-
-
 def bank_valid_mask(status: np.ndarray, degenerate: str) -> np.ndarray:
     """``bool [B]``: which bank masks may be used as targets (``cues.degenerate``)."""
     if degenerate in ("keep", "box"):
@@ -118,8 +122,9 @@ def degenerate_to_box(masks: np.ndarray, status: np.ndarray, degenerate: str) ->
 class TrainDataset(torch.utils.data.Dataset):
     """Augmented training samples of the labelled images of a manifest.
 
-    ``dataset[(index, step, slot)]`` (what :class:`TrainBatchSampler` yields) or ``dataset[index]``
-    (step 0, slot 0) returns a dict of numpy arrays, all boxes in the augmented-image frame:
+    ``dataset[(index, step, slot)]`` (what :class:`pdsl.sampling.TrainBatchSampler` yields) or
+    ``dataset[index]`` (step 0, slot 0) returns a dict of numpy arrays, all boxes in the
+    augmented-image frame:
 
     ``image`` float32 [3, H, W] normalised RGB; ``proposals`` float32 [P, 4]; ``proposal_scores``
     float32 [P]; ``proposal_index`` int64 [P] (row of each proposal in the cache's list of the
@@ -157,13 +162,11 @@ class TrainDataset(torch.utils.data.Dataset):
                     if img["labels"] and prop_count.get(int(img["id"]), 0) == 0]
         self.ids = [int(img["id"]) for img in manifest.images
                     if img["labels"] and prop_count.get(int(img["id"]), 0) > 0]
-        if verbose:
-            log(f"train data: {len(self.ids)} images of {len(manifest.images)} in {manifest.path} "
-                f"(skipped {len(unlabelled)} without image labels, {len(no_props)} without "
-                f"proposals)")
-        if not self.ids:
-            raise DataError(f"manifest {manifest.path}: no image with labels and proposals to "
-                            f"train on")
+        check_kept("train data", self.ids, manifest,
+                   f" (skipped {len(unlabelled)} without image labels, {len(no_props)} without "
+                   f"proposals)",
+                   f"manifest {manifest.path}: no image with labels and proposals to train on",
+                   verbose)
 
     def __len__(self):
         return len(self.ids)
@@ -289,48 +292,6 @@ class TrainDataset(torch.utils.data.Dataset):
         return keep, b, (nh, nw)
 
 
-class TrainBatchSampler(torch.utils.data.Sampler):
-    """Deterministic, resumable, sharded sampler of training micro-batches.
-
-    The run sees one endless stream of dataset indices: epoch ``e`` is the permutation
-    ``default_rng([seed, e]).permutation(N)``, epochs concatenated. Optimiser step ``t`` (0-based)
-    consumes stream positions ``[t * images_per_step, (t + 1) * images_per_step)``, split into
-    ``accum`` micro-batches per process; process ``rank`` of ``world`` takes, in micro-batch ``k``,
-    positions ``t * ips + (k * world + rank) * ipg + j``, j < ``ipg``. So the images of a step do
-    not depend on the number of processes, and starting at ``start_step`` resumes the stream
-    exactly. Each item is ``(index, step, slot)``, slot = position within the step.
-    """
-
-    def __init__(self, num_images: int, seed: int, images_per_step: int, images_per_gpu: int,
-                 start_step: int, max_iter: int, rank: int = 0, world_size: int = 1):
-        if images_per_step % (images_per_gpu * world_size):
-            raise DataError(f"solver.images_per_step ({images_per_step}) must be a multiple of "
-                            f"world size x solver.images_per_gpu ({world_size} x {images_per_gpu})")
-        self.n, self.seed = int(num_images), int(seed)
-        self.ips, self.ipg = images_per_step, images_per_gpu
-        self.accum = images_per_step // (images_per_gpu * world_size)
-        self.start, self.stop = int(start_step), int(max_iter)
-        self.rank, self.world = rank, world_size
-        self._perm_epoch, self._perm = None, None
-
-    def index_at(self, position: int) -> int:
-        epoch, pos = divmod(position, self.n)
-        if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            self._perm_epoch = epoch
-        return int(self._perm[pos])
-
-    def __len__(self):
-        return max(0, self.stop - self.start) * self.accum
-
-    def __iter__(self):
-        for t in range(self.start, self.stop):
-            for k in range(self.accum):
-                first = (k * self.world + self.rank) * self.ipg
-                yield [(self.index_at(t * self.ips + first + j), t, first + j)
-                       for j in range(self.ipg)]
-
-
 class Collate:
     """Stack images into one zero-padded ``float32 [B, 3, H, W]`` tensor (zero = the mean colour
     after normalisation; padded at the bottom/right to a multiple of ``size_divisibility``, so
@@ -377,17 +338,3 @@ def batch_to_device(batch: dict, device) -> tuple:
             t["online_image"] = batch["online_image"][i]
         targets.append(t)
     return images, proposals, scores, targets
-
-
-def worker_init(_worker_id: int) -> None:
-    """DataLoader workers: nothing OpenCV-related here. ``cv2.setNumThreads`` in a forked child
-    deadlocks when the parent had started OpenCV's thread pool, so the parent calls
-    :func:`single_threaded_opencv` before the loader forks and the children inherit it."""
-
-
-def single_threaded_opencv() -> None:
-    """One OpenCV thread in this process (call before creating DataLoader workers): the workers
-    are the parallelism, and a process without an OpenCV pool forks safely."""
-    import cv2
-
-    cv2.setNumThreads(1)

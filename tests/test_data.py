@@ -11,7 +11,8 @@ from pdsl.boxes import box_iou
 from pdsl.config import load_config
 from pdsl.boxes import paste_mask
 from pdsl.cues.store import STATUS_EMPTY, STATUS_FULL, STATUS_OK, CueStore, CueWriter
-from pdsl.data import Collate, TrainBatchSampler, TrainDataset, flip_boxes, scaled_size
+from pdsl.data import Collate, TrainDataset, flip_boxes, scaled_size
+from pdsl.sampling import TrainBatchSampler
 from pdsl.inference_data import TestDataset, load_test_image
 from pdsl.errors import CacheError
 from pdsl.io import file_sha1

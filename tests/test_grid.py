@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 import pdsl.engine.grid as G
+import pdsl.engine.grid.run as GR
 from test_data import TINY_RUN, synthetic_split
 from pdsl.errors import ConfigError
 
@@ -71,7 +72,7 @@ def test_unfinished_cell_resumes_its_run(data, tmp_path, monkeypatch):
     spec = _spec(data, tmp_path / "g.yaml", {"base": []}, seeds=[0])
     out = tmp_path / "cells"
     seen = []
-    real = G.run_cell
+    real = GR.run_cell
 
     def killed_after_training(cell, spec_, out_, threads=None):
         from pdsl.engine.train import train
@@ -80,11 +81,11 @@ def test_unfinished_cell_resumes_its_run(data, tmp_path, monkeypatch):
               cell.dir(out_), overrides=list(cell.overrides))
         raise KeyboardInterrupt  # killed before its evaluation
 
-    monkeypatch.setattr(G, "run_cell", killed_after_training)
+    monkeypatch.setattr(GR, "run_cell", killed_after_training)
     with pytest.raises(KeyboardInterrupt):
         G.run_grid(spec, out, echo=lambda m: None)
     assert not (out / "base" / "seed0" / "cell.json").exists()
-    monkeypatch.setattr(G, "run_cell", real)
+    monkeypatch.setattr(GR, "run_cell", real)
     import pdsl.engine.train as T
 
     real_train = T.train
@@ -267,7 +268,7 @@ def test_labels_of_an_unfinished_cell_made_with_other_parameters_are_refused(tmp
     made = asdict(PseudoLabelParams(masks="model"))
     labels.write_text(json.dumps({"info": {"params": made}, "annotations": []}))
     with pytest.raises(ConfigError, match="labelled with other parameters"):
-        G._pseudo_labels(cell, spec, tmp_path)
+        GR._pseudo_labels(cell, spec, tmp_path)
     labels.write_text(json.dumps({"info": {"params": asdict(PseudoLabelParams(masks="grabcut"))},
                                   "annotations": []}))
-    assert G._pseudo_labels(cell, spec, tmp_path)[0] == labels  # the same labelling: reused
+    assert GR._pseudo_labels(cell, spec, tmp_path)[0] == labels  # the same labelling: reused

@@ -20,7 +20,6 @@ One process (no torchrun): images_per_step is reached by gradient accumulation.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -30,23 +29,17 @@ import numpy as np
 import torch
 
 from ..amp import autocast, effective_amp, grad_scaler
-from ..config import dump_config, load_config, save_config, to_dict
-from ..data import TrainBatchSampler, log, single_threaded_opencv, worker_init
+from ..config import load_config, to_dict
+from ..data import log
 from ..errors import ConfigError
 from ..model.maskrcnn import KIND, build_maskrcnn
-from ..rundir import check_run_dir, record_run, run_record
+from ..rundir import check_run_dir, run_record
 from .checkpoint import (check_classes, last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
+from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
+                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
+                   train_loader, truncate_metrics)
 from .supervised_data import InstanceDataset, annotations_identity, collate_instances
-from .train import (Progress, TrainingDiverged, _report_config_changes, _truncate_metrics,
-                    build_optimizer, lr_factor, step_seed)
-
-def _device(kind: str) -> torch.device:
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available")
-    return torch.device(kind)
 
 
 def train_supervised(config_path, manifest, out_dir, annotations=None, max_iter: int | None = None,
@@ -73,7 +66,7 @@ def train_supervised(config_path, manifest, out_dir, annotations=None, max_iter:
     cfg = load_config(config_path, overrides)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
-    device = _device(cfg.train.device)
+    device = torch.device(device_kind(cfg.train.device))
     return _train(cfg, load_manifest(manifest), annotations, Path(out_dir), resume, device)
 
 
@@ -120,30 +113,21 @@ def _train(cfg, manifest, annotations, out_dir: Path, resume, device) -> Path:
                               f"`cli.py train-supervised`")
         check_classes(ckpt, manifest.class_names, ckpt_path)
         start = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
-        _report_config_changes(ckpt.get("config", {}), cfg_dict)
+        report_config_changes(ckpt.get("config", {}), cfg_dict)
         log(f"train-supervised: resumed from {ckpt_path} at step {start}")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_run(out_dir, cfg_dict, manifest, extra=ident)
-    log(f"train-supervised: resolved config\n{dump_config(cfg)}")
-    save_config(cfg, out_dir / "config.yaml")
-    log(f"train-supervised: Mask R-CNN on {cfg.model.backbone} (anchors {model.anchor_sizes}), "
-        f"{s.images_per_gpu} image(s) x {accum} accumulation pass(es) = {s.images_per_step} "
-        f"images per step, device {device}, AMP {amp}")
+    open_run_dir(out_dir, cfg, manifest, "train-supervised",
+                 f"Mask R-CNN on {cfg.model.backbone} (anchors {model.anchor_sizes}), "
+                 f"{s.images_per_gpu} image(s) x {accum} accumulation pass(es) = "
+                 f"{s.images_per_step} images per step, device {device}, AMP {amp}", extra=ident)
     if start >= s.max_iter:
         log(f"train-supervised: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
         return ckpt_path
 
-    sampler = TrainBatchSampler(len(dataset), seed, s.images_per_step, s.images_per_gpu, start,
-                                s.max_iter)
-    single_threaded_opencv()
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=collate_instances,
-        num_workers=cfg.train.num_workers, worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(seed))
+    loader = train_loader(dataset, cfg, start, collate_instances, device)
     extra = {"kind": KIND, "maskrcnn": {"anchor_sizes": list(model.anchor_sizes), **ident}}
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, start)
+    truncate_metrics(metrics_path, start)
     progress = Progress(start, s.max_iter, cfg.train.log_period)
     last_saved = ckpt_path
     try:
@@ -162,9 +146,7 @@ def _train(cfg, manifest, annotations, out_dir: Path, resume, device) -> Path:
                     last_saved = save_checkpoint(out_dir, done, model, optimizer, scheduler,
                                                  scaler, cfg, manifest.class_names, extra=extra)
     except TrainingDiverged as e:
-        where = f"last good checkpoint: {last_saved}" if last_saved else "no checkpoint was written"
-        raise TrainingDiverged(f"{e}; stopping ({where}; lower solver.base_lr or raise "
-                               f"solver.warmup_iters, then --resume)") from None
+        raise diverged(e, last_saved) from None
     log(f"train-supervised: done, {s.max_iter - start} steps -> {last_saved}")
     return last_saved
 
@@ -193,15 +175,6 @@ def supervised_step(model, data_iter, optimizer, scheduler, scaler, step: int, a
         vec = torch.stack([v.detach().float() for v in losses.values()])
         loss_sum = vec if loss_sum is None else loss_sum + vec
     loss_dict = {n: float(v) for n, v in zip(names, (loss_sum / accum).cpu())}
-    if not all(math.isfinite(v) for v in loss_dict.values()):
-        raise TrainingDiverged(f"step {step + 1}: loss is not finite: {loss_dict}")
-    if clip > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    lr = optimizer.param_groups[0]["lr"]
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    lr = optimizer_step(model, optimizer, scheduler, scaler, loss_dict, step, clip)
     return {"step": step + 1, "lr": lr, **loss_dict, "total": sum(loss_dict.values()),
             "data_time": round(data_time, 4), "step_time": round(time.perf_counter() - t_start, 4)}

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import log, sample_rng
+from ..data import check_kept
 from ..errors import DataError
 from ..evaluation.coco import any_to_rle
 from ..io import read_data_file, read_image
+from ..sampling import sample_rng
 
 
 def annotation_mask(ann: dict, h: int, w: int) -> np.ndarray:
@@ -115,11 +116,11 @@ def load_instances(manifest, annotations=None) -> tuple[dict, dict]:
 class InstanceDataset(torch.utils.data.Dataset):
     """Images of a manifest with instance targets, as torchvision's detection models take them.
 
-    ``dataset[(index, step, slot)]`` (what :class:`pdsl.data.TrainBatchSampler` yields) or
+    ``dataset[(index, step, slot)]`` (what :class:`pdsl.sampling.TrainBatchSampler` yields) or
     ``dataset[index]`` → ``(image float32 [3, H, W] RGB in [0, 1], target)`` with target
     ``boxes float32 [N, 4]`` x1y1x2y2, ``labels int64 [N]`` (class index + 1; 0 is background),
     ``masks uint8 [N, H, W]``, ``image_id``. The only augmentation here is the horizontal flip
-    (``input.flip``, p = 0.5, drawn from :func:`pdsl.data.sample_rng`: resumable); the model's
+    (``input.flip``, p = 0.5, drawn from :func:`pdsl.sampling.sample_rng`: resumable); the model's
     transform draws the scale from ``input.train_scales`` per image.
     """
 
@@ -129,14 +130,12 @@ class InstanceDataset(torch.utils.data.Dataset):
         self.ids = [int(i["id"]) for i in manifest.images if i["id"] in self.per_image]
         self.source = str(annotations) if annotations else f"{manifest.path} (GT)"
         skipped = len(manifest.images) - len(self.ids)
-        if verbose:
-            log(f"train-supervised data: {len(self.ids)} images of {len(manifest.images)} in "
-                f"{manifest.path}, targets from {self.source}: {counts['annotations']} "
-                f"annotations ({counts['crowd']} crowd and {counts['degenerate']} degenerate "
-                f"ones ignored); skipped {skipped} images without a usable annotation")
-        if not self.ids:
-            raise DataError(f"{self.source}: no image of manifest {manifest.path} has a usable "
-                            f"(non-crowd, non-empty) annotation to train on")
+        check_kept("train-supervised data", self.ids, manifest,
+                   f", targets from {self.source}: {counts['annotations']} annotations "
+                   f"({counts['crowd']} crowd and {counts['degenerate']} degenerate ones "
+                   f"ignored); skipped {skipped} images without a usable annotation",
+                   f"{self.source}: no image of manifest {manifest.path} has a usable "
+                   f"(non-crowd, non-empty) annotation to train on", verbose)
 
     def __len__(self):
         return len(self.ids)

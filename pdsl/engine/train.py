@@ -10,7 +10,8 @@ Run directory::
 
 Reproducibility: the images of step ``t``, their augmentation and the dropout of each forward
 pass are pure functions of ``(train.seed, t, position in the step)`` (see
-:class:`pdsl.data.TrainBatchSampler`, :func:`pdsl.data.sample_rng`, :func:`step_seed`), so a run
+:class:`pdsl.sampling.TrainBatchSampler`, :func:`pdsl.sampling.sample_rng`,
+:func:`pdsl.engine.loop.step_seed`), so a run
 stopped and resumed from a checkpoint reaches the same weights as an uninterrupted one, with any
 ``num_workers``; and one process accumulating gradients over 4 passes sees the same images as 4
 DDP processes (``torchrun --nproc_per_node 4 cli.py train ...``).
@@ -19,66 +20,28 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
-import sys
 import time
-from bisect import bisect_right
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..amp import autocast, effective_amp, grad_scaler
-from ..config import dump_config, load_config, save_config, to_dict
-from ..data import (Collate, TrainBatchSampler, TrainDataset, batch_to_device, log,
-                   single_threaded_opencv, worker_init)
-from ..errors import ConfigError, PDSLError
-from ..io import atomic_path
-from ..rundir import check_run_dir, record_run
+from ..config import load_config, to_dict
+from ..data import Collate, TrainDataset, batch_to_device, log
+from ..errors import ConfigError
+from ..rundir import check_run_dir
 from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
                          last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
-
-class TrainingDiverged(PDSLError):
-    """A loss became NaN or infinite; the run stopped before the optimiser step."""
+from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
+                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
+                   train_loader, truncate_metrics)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
-def build_optimizer(cfg, model):
-    """SGD (or AdamW) over the trainable parameters in two groups: weights (lr, weight_decay) and
-    biases (lr × ``bias_lr_factor``, ``weight_decay_bias``), as detectron2 / the authors' code."""
-    s = cfg.solver
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [{"params": [p for n, p in named if not n.endswith(".bias")],
-               "lr": s.base_lr, "weight_decay": s.weight_decay},
-              {"params": [p for n, p in named if n.endswith(".bias")],
-               "lr": s.base_lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias}]
-    groups = [g for g in groups if g["params"]]
-    if s.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay)
-    return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
-
-
-def lr_factor(cfg):
-    """``step -> lr / base_lr``: linear warm-up from ``warmup_factor``, then ×gamma at each of
-    ``steps`` (a closure, so the scheduler's state dict holds only the step count and a resumed
-    run takes the schedule from the current config)."""
-    s = cfg.solver
-    steps, gamma = list(s.steps), s.gamma
-    warm, wf = s.warmup_iters, s.warmup_factor
-
-    def factor(step: int) -> float:
-        w = 1.0
-        if step < warm:
-            a = step / warm
-            w = wf * (1 - a) + a
-        return w * gamma ** bisect_right(steps, step)
-
-    return factor
-
-
 def loss_weights(cfg, step: int) -> dict:
     """Weights of the loss terms at optimiser step ``step`` (0-based): 1 for every term except
     ``loss_acl``, which ramps linearly from 0 at step 0 to 1 at ``solver.acl_warmup_iters`` (a
@@ -87,13 +50,8 @@ def loss_weights(cfg, step: int) -> dict:
     return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0}
 
 
-def step_seed(seed: int, step: int, slot: int) -> int:
-    """torch seed of forward pass ``slot`` (= micro-batch × world + rank) of step ``step``."""
-    return int(np.random.SeedSequence([int(seed), int(step), int(slot), 7]).generate_state(1)[0])
-
-
 # -- distributed -----------------------------------------------------------------------------------
-def _distributed(device_kind: str):
+def _distributed(kind: str):
     """``(rank, world_size, local_rank, created)``; joins the torchrun group if WORLD_SIZE > 1."""
     import torch.distributed as dist
 
@@ -103,9 +61,9 @@ def _distributed(device_kind: str):
     local = int(os.environ.get("LOCAL_RANK", "0"))
     created = False
     if not dist.is_initialized():
-        if device_kind == "cuda":
+        if kind == "cuda":
             torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        dist.init_process_group("nccl" if kind == "cuda" else "gloo")
         created = True
     return dist.get_rank(), dist.get_world_size(), local, created
 
@@ -163,49 +121,11 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
         loss_sum = vec if loss_sum is None else loss_sum + vec
     loss_vec = _reduce_mean(loss_sum / ctx.accum, ctx.world).cpu()
     loss_dict = {name: float(v) for name, v in zip(losses, loss_vec)}
-    if not all(math.isfinite(v) for v in loss_dict.values()):
-        raise TrainingDiverged(f"step {step + 1}: loss is not finite: {loss_dict}")
-    if ctx.cfg.solver.clip_grad_norm > 0:
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), ctx.cfg.solver.clip_grad_norm)
-    lr = optimizer.param_groups[0]["lr"]
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    lr = optimizer_step(model, optimizer, scheduler, scaler, loss_dict, step,
+                        ctx.cfg.solver.clip_grad_norm)
     return {"step": step + 1, "lr": lr, **loss_dict, "total": sum(loss_dict.values()),
             "data_time": round(data_time, 4), "cue_time": round(cue_time, 4),
             "step_time": round(time.perf_counter() - t_start, 4)}
-
-
-# -- progress --------------------------------------------------------------------------------------
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class Progress:
-    """A one-line progress display on stderr (redrawn with \\r on a terminal) plus a full log line
-    every ``log_period`` steps."""
-
-    def __init__(self, start: int, stop: int, log_period: int):
-        self.start, self.stop, self.period = start, stop, log_period
-        self.t0 = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, m: dict) -> None:
-        done = m["step"] - self.start
-        rate = (time.perf_counter() - self.t0) / max(done, 1)
-        losses = " ".join(f"{k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("loss_"))
-        line = (f"step {m['step']}/{self.stop} loss {m['total']:.4f} ({losses}) lr {m['lr']:.2e} "
-                f"{rate:.2f} s/step data {m['data_time']:.2f}s ETA "
-                f"{_fmt_time(rate * (self.stop - m['step']))}")
-        if "mem_gb" in m:
-            line += f" mem {m['mem_gb']:.1f}G"
-        if m["step"] % self.period == 0 or m["step"] == self.stop:
-            print(("\r" if self.tty else "") + line, file=sys.stderr, flush=True)
-        elif self.tty:
-            print("\r" + line[:200], end="", file=sys.stderr, flush=True)
 
 
 # -- the run ---------------------------------------------------------------------------------------
@@ -232,11 +152,7 @@ def train(config_path, manifest, cues, out_dir, max_iter: int | None = None, res
     cfg = load_config(config_path, overrides)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
-    kind = cfg.train.device
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is cuda but no CUDA device is available")
+    kind = device_kind(cfg.train.device)
     rank, world, local_rank, created_group = _distributed(kind)
     device = torch.device(kind, local_rank) if kind == "cuda" else torch.device("cpu")
     try:
@@ -278,7 +194,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
         check_classes(ckpt, class_names, ckpt_path)
         start = restore_training_state(ckpt, model, optimizer, scheduler, scaler)
         if main:
-            _report_config_changes(ckpt.get("config", {}), to_dict(cfg))
+            report_config_changes(ckpt.get("config", {}), to_dict(cfg))
             log(f"train: resumed from {ckpt_path} at step {start}"
                 + (f" (--weights {weights} ignored)" if weights else ""))
     elif weights:
@@ -293,13 +209,10 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
             log(f"train: model initialised from {weights}")
 
     if main:  # after the checks above: a refused resume leaves the run directory untouched
-        out_dir.mkdir(parents=True, exist_ok=True)
-        record_run(out_dir, to_dict(cfg), manifest)
-        log(f"train: resolved config\n{dump_config(cfg)}")
-        save_config(cfg, out_dir / "config.yaml")
-        log(f"train: {world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
-            f"pass(es) = {s.images_per_step} images per step, device {device}, AMP "
-            f"{effective_amp(s.amp, device)}")
+        open_run_dir(out_dir, cfg, manifest, "train",
+                     f"{world} process(es) x {s.images_per_gpu} image(s) x {accum} accumulation "
+                     f"pass(es) = {s.images_per_step} images per step, device {device}, AMP "
+                     f"{effective_amp(s.amp, device)}")
     if start >= s.max_iter:
         if main:
             log(f"train: step {start} >= solver.max_iter {s.max_iter}: nothing to do")
@@ -311,14 +224,8 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
             model, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=cfg.train.find_unused_parameters)
 
-    sampler = TrainBatchSampler(len(dataset), seed, s.images_per_step, s.images_per_gpu, start,
-                                s.max_iter, rank, world)
-    single_threaded_opencv()  # before the workers fork (see pdsl.data.worker_init)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=Collate(cfg.input.size_divisibility),
-        num_workers=cfg.train.num_workers, worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(seed))  # not the global RNG: resume stays exact
+    loader = train_loader(dataset, cfg, start, Collate(cfg.input.size_divisibility), device, rank,
+                          world)
 
     online = None
     if cfg.cues.source == "online":
@@ -330,7 +237,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
 
     metrics_path = out_dir / "metrics.jsonl"
     if main:
-        _truncate_metrics(metrics_path, start)
+        truncate_metrics(metrics_path, start)
         metrics_file = open(metrics_path, "a")
         progress = Progress(start, s.max_iter, cfg.train.log_period)
     last_saved = ckpt_path
@@ -349,9 +256,7 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
                     last_saved = save_checkpoint(out_dir, done, model, optimizer, scheduler,
                                                  scaler, cfg, class_names)
     except TrainingDiverged as e:
-        where = f"last good checkpoint: {last_saved}" if last_saved else "no checkpoint was written"
-        raise TrainingDiverged(f"{e}; stopping ({where}; lower solver.base_lr or raise "
-                               f"solver.warmup_iters, then --resume)") from None
+        raise diverged(e, last_saved) from None
     finally:
         if online is not None:
             online.close()
@@ -360,28 +265,3 @@ def _train(cfg, manifest, store, out_dir: Path, resume, weights, device, rank, w
     if main:
         log(f"train: done, {s.max_iter - start} steps -> {last_saved}")
     return out_dir / f"checkpoints/model_{s.max_iter:07d}.pth"
-
-
-def _truncate_metrics(path: Path, start: int) -> None:
-    """Drop lines of steps after ``start`` (left by a run that died after its last checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= start:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in keep))
-
-
-def _report_config_changes(old: dict, new: dict, prefix="") -> None:
-    """Log every key whose value differs from the checkpoint's config (e.g. a longer max_iter)."""
-    for k, v in new.items():
-        ov = old.get(k) if isinstance(old, dict) else None
-        if isinstance(v, dict):
-            _report_config_changes(ov or {}, v, f"{prefix}{k}.")
-        elif ov != v:
-            log(f"train: resume: {prefix}{k} changed from {ov!r} to {v!r}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from pdsl.config import CHOICES
 from pdsl.errors import ConfigError
 from pdsl.box_coder import decode_box_deltas
 from pdsl.losses import (activation_correlation_loss, detection_activation, instance_activation,
@@ -31,23 +32,11 @@ from pdsl.losses import (activation_correlation_loss, detection_activation, inst
 from pdsl.model.backbone import build_backbone
 from pdsl.model.cascade import cascade_mask_inputs
 from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
+from pdsl.model.inputs import check_inputs
 from pdsl.model.seeds import seed_mask_targets, select_seeds
 
 LOSS_KEYS = ("loss_mil", "loss_refine", "loss_mask_agnostic", "loss_mask_specific", "loss_acl")
 
-# Switches between the paper's text and the authors' code (first value = the authors' code, the
-# default of pdsl/defaults.yaml; README "Paper vs authors' code" lists both).
-CHOICES = {
-    "mil_reduction": ("mean", "sum"),
-    "refine_pseudo_box": ("regressed", "raw"),
-    "refine_weight": ("image_score", "top_score"),
-    "refine_box_loss": ("weighted_l1", "smooth_l1", "none"),
-    "mask_targets": ("binary", "soft"),
-    "mask_specific_weight": ("none", "image_score"),
-    "acl_target": ("matched_top", "own"),
-    "box_pooler": ("roipool", "roialign"),
-    "learning": ("parallel", "cascade"),
-}
 
 class PDSLNet(nn.Module):
     """Parallel detection-and-segmentation network.
@@ -110,9 +99,9 @@ class PDSLNet(nn.Module):
                         ("mask_specific_weight", mask_specific_weight),
                         ("acl_target", acl_target), ("box_pooler", box_pooler),
                         ("learning", learning)):
-            if v not in CHOICES[name]:
-                raise ConfigError(f"PDSLNet: {name} must be one of {', '.join(CHOICES[name])}, "
-                                  f"got {v!r}")
+            choices = CHOICES[f"model.{name}"]
+            if v not in choices:
+                raise ConfigError(f"PDSLNet: {name} must be one of {', '.join(choices)}, got {v!r}")
         if fc6_dim is not None and (not isinstance(fc6_dim, int) or fc6_dim < 1):
             raise ConfigError(f"PDSLNet: fc6_dim must be null or an integer ≥ 1, got {fc6_dim!r}")
         if not 0 <= seed_match_iou <= 1:
@@ -171,7 +160,8 @@ class PDSLNet(nn.Module):
             (refine / mask_specific / acl summed over their heads, eq. 4–6).
             eval: see :meth:`detect`.
         """
-        self._check_inputs(images, proposals, proposal_scores, targets)
+        check_inputs(images, proposals, proposal_scores, targets, self.num_classes,
+                     self.training)
         proposals = [p.to(images.dtype) for p in proposals]
         features = self.backbone(images)
         if self.training:
@@ -339,55 +329,3 @@ class PDSLNet(nn.Module):
                     l_acl = l_acl + activation_correlation_loss(a, a_hat)
             losses["loss_acl"].append(l_acl)
         return {k: torch.stack(v).mean() for k, v in losses.items()}
-
-    # ------------------------------------------------------------------------------------------
-    def _check_inputs(self, images, proposals, proposal_scores, targets) -> None:
-        if not (torch.is_tensor(images) and images.dim() == 4 and images.shape[1] == 3
-                and images.is_floating_point()):
-            raise ValueError(f"PDSLNet: images must be float [B, 3, H, W], got "
-                             f"{getattr(images, 'shape', type(images))} "
-                             f"{getattr(images, 'dtype', '')}")
-        B = images.shape[0]
-        if len(proposals) != B:
-            raise ValueError(f"PDSLNet: {B} images but {len(proposals)} proposal tensors")
-        for i, p in enumerate(proposals):
-            if p.dim() != 2 or p.shape[1] != 4 or p.shape[0] == 0:
-                raise ValueError(f"PDSLNet: proposals[{i}] must be [P ≥ 1, 4], got "
-                                 f"{tuple(p.shape)}")
-        if proposal_scores is not None:
-            if len(proposal_scores) != B:
-                raise ValueError(f"PDSLNet: {B} images but {len(proposal_scores)} score tensors")
-            for i, (p, s) in enumerate(zip(proposals, proposal_scores)):
-                if s.shape != (p.shape[0],):
-                    raise ValueError(f"PDSLNet: proposal_scores[{i}] must be [{p.shape[0]}], got "
-                                     f"{tuple(s.shape)}")
-        if not self.training:
-            return
-        if targets is None or len(targets) != B:
-            raise ValueError(f"PDSLNet: training needs one target dict per image ({B}), got "
-                             f"{None if targets is None else len(targets)}")
-        C = self.num_classes
-        for i, (p, t) in enumerate(zip(proposals, targets)):
-            missing = {"labels", "bank_masks", "bank_boxes", "proposal_to_bank"} - set(t)
-            if missing:
-                raise ValueError(f"PDSLNet: targets[{i}] lacks {sorted(missing)}")
-            nb = t["bank_masks"].shape[0] if t["bank_masks"].dim() == 3 else -1
-            bad = []
-            if t["labels"].shape != (C,):
-                bad.append(f"labels {tuple(t['labels'].shape)} (want [{C}])")
-            if t["bank_masks"].dim() != 3 or t["bank_masks"].shape[1] != t["bank_masks"].shape[2]:
-                bad.append(f"bank_masks {tuple(t['bank_masks'].shape)} (want [B, M, M])")
-            if t["bank_boxes"].shape != (nb, 4):
-                bad.append(f"bank_boxes {tuple(t['bank_boxes'].shape)} (want [{nb}, 4])")
-            ptb = t["proposal_to_bank"]
-            if ptb.shape != (p.shape[0],) or ptb.is_floating_point():
-                bad.append(f"proposal_to_bank {tuple(ptb.shape)} {ptb.dtype} "
-                           f"(want long [{p.shape[0]}])")
-            elif ptb.numel() and (int(ptb.min()) < 0 or int(ptb.max()) >= nb):
-                bad.append(f"proposal_to_bank values in [{int(ptb.min())}, {int(ptb.max())}] "
-                           f"outside the bank [0, {nb})")
-            bv = t.get("bank_valid")
-            if bv is not None and (bv.shape != (nb,) or bv.dtype != torch.bool):
-                bad.append(f"bank_valid {tuple(bv.shape)} {bv.dtype} (want bool [{nb}])")
-            if bad:
-                raise ValueError(f"PDSLNet: targets[{i}]: " + "; ".join(bad))

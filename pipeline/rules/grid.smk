@@ -1,4 +1,4 @@
-# Experiment grids (pdsl/engine/grid.py): `snakemake --cores 2 ablation` runs the Table 1 /
+# Experiment grids (pdsl/engine/grid/): `snakemake --cores 2 ablation` runs the Table 1 /
 # Fig. 3 / second-stage grid of pipeline/grids/ablation.yaml after the demo's caches and
 # pretrained backbone exist, and writes pipeline/results/ablation.{json,md,png}; any grid spec
 # pipeline/grids/NAME.yaml is the target pipeline/results/NAME.json. The cells live in

@@ -149,16 +149,10 @@ def build_cache(tmp: Path, size: dict) -> dict:
 # -- 2. training steps -----------------------------------------------------------------------------
 def make_loader(cfg, dataset, device, steps: int):
     """The DataLoader ``pdsl.engine.train`` builds (same sampler, collate, workers)."""
-    from pdsl.data import Collate, TrainBatchSampler, single_threaded_opencv, worker_init
+    from pdsl.data import Collate
+    from pdsl.engine.loop import train_loader
 
-    s = cfg.solver
-    sampler = TrainBatchSampler(len(dataset), cfg.train.seed, s.images_per_step, s.images_per_gpu,
-                                0, steps)
-    single_threaded_opencv()
-    return torch.utils.data.DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=Collate(cfg.input.size_divisibility),
-        num_workers=cfg.train.num_workers, worker_init_fn=worker_init,
-        pin_memory=device.type == "cuda", generator=torch.Generator().manual_seed(0))
+    return train_loader(dataset, cfg, 0, Collate(cfg.input.size_divisibility), device, stop=steps)
 
 
 def measure_training(cfg, manifest, store, device, steps: int, warmup: int):
