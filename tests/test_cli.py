@@ -88,8 +88,10 @@ def _param(command: str, name: str):
 
 def test_choices_and_stated_defaults_are_the_library_ones():
     from pdsl.cues.seeds import FALLBACKS, SEED_METHODS, SeedParams
+    from pdsl.datasets import FORMATS
     from pdsl.engine.pseudo_label import MASK_SOURCES, PseudoLabelParams
 
+    assert set(_param("prepare-data", "fmt").type.choices) == set(FORMATS)
     for command in ("cache-cues", "seeds-shard"):
         assert set(_param(command, "method").type.choices) == set(SEED_METHODS)
         assert set(_param(command, "fallback").type.choices) == set(FALLBACKS)

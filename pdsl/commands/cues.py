@@ -2,8 +2,6 @@
 (``proposals-shard``, ``seeds-shard``, ``merge-cues``); ``cue-report`` measures a cache."""
 from __future__ import annotations
 
-import json
-
 import click
 
 from .options import FILE, cues_option, manifest_option, out_option, seed_options, seed_params
@@ -92,6 +90,8 @@ def cue_report(manifest, cues, as_json, online, max_images):
     GrabCut variants, MCG segments where the cache has them and, with --online, the authors'
     online GrabCut: whole image at 400 px, 5 iterations), with the time per box of each.
     """
+    import json
+
     from ..cues.report import cue_report as run, format_report
 
     rep = run(manifest, cues, online=online, max_images=max_images)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import click
 
-from ..datasets import FORMATS
 from .options import FILE, FOLDER, out_option
 
 
 @click.command("prepare-data")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
-              help="Dataset layout to read.")
+@click.option("--format", "fmt", type=click.Choice(["synthetic", "voc", "coco", "folder"]),
+              required=True, help="Dataset layout to read.")  # pdsl.datasets.FORMATS
 @click.option("--root", type=FOLDER, default=None,
               help="Dataset root: VOC2012 (or VOCdevkit), COCO root, or an image folder.")
 @click.option("--sbd", type=FOLDER, default=None,
