@@ -25,6 +25,9 @@ from pathlib import Path
 from .errors import ConfigError
 
 RECORD = "run.json"
+#: the demo model committed with the repository (trained by the demo workflow; a release of
+#: :mod:`pdsl.engine.release`, read like a run directory)
+RELEASED_DEMO = Path(__file__).resolve().parents[1] / "pipeline" / "release" / "demo"
 #: run artefacts: a directory holding any of them holds a run
 ARTEFACTS = ("config.yaml", "metrics.jsonl", "checkpoints", "last_checkpoint", RECORD)
 #: dotted config keys outside the hash

@@ -15,11 +15,10 @@ import torch
 
 from ..errors import ConfigError
 from ..io import atomic_path, write_json_atomic
+from ..rundir import RELEASED_DEMO  # noqa: F401  (the demo model committed with the repository)
 
 #: checkpoint entries only a resumed training needs
 TRAINING_STATE = ("optimizer", "scheduler", "scaler", "rng")
-#: the demo model committed with the repository (trained by the demo workflow)
-RELEASED_DEMO = Path(__file__).resolve().parents[2] / "pipeline" / "release" / "demo"
 
 
 def export_model(run_dir, out_dir, half: bool = False, force: bool = False) -> Path:
