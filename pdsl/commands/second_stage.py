@@ -28,7 +28,7 @@ from .options import cues_option, device_option, manifest_option, out_option, ru
 @click.option("--masks", "mask_source", type=click.Choice(["model", "grabcut", "refine"]),
               default="grabcut", show_default=True,
               help="Where the labels' masks come from: grabcut = the cue cache's seed-mask method "
-                   "on each kept box (README: better labels than the model's own masks); model = "
+                   "on each kept box (better labels than the model's own masks: pipeline/results/README.md); model = "
                    "the run's masks; refine = GrabCut started from the model's mask.")
 @device_option
 @click.option("--force", is_flag=True, help="Replace an existing OUT.")
