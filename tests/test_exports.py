@@ -125,3 +125,58 @@ def test_voc_xml_box_only(tmp_path, capsys):
     (root / "Annotations" / "IMG_2.xml").write_text("<annotation><object>")
     with pytest.raises(DataError, match=r"IMG_2: .*IMG_2\.xml: not a readable VOC XML"):
         convert_voc(root, "train")
+
+
+def _roboflow(tmp_path):
+    """Roboflow COCO export: ROOT/<split>/_annotations.coco.json beside the images, a placeholder
+    category 0 named after the dataset (also a class name here), box-only annotations."""
+    root = tmp_path / "rf"
+    for split in ("train", "valid"):
+        for i in (1, 2):
+            write_jpg(root / split / f"im{i}_jpg.rf.abc.jpg", H, W)
+    cats = [{"id": 0, "name": "helmets", "supercategory": "none"},
+            {"id": 1, "name": "head", "supercategory": "helmets"},
+            {"id": 2, "name": "helmets", "supercategory": "helmets"}]
+    anns = [
+        # inside the image, box-only
+        {"id": 0, "image_id": 0, "category_id": 1, "bbox": [2, 3, 10, 6], "area": 60,
+         "segmentation": [], "iscrowd": 0},
+        # leaves the image (x + w = 52 > W = 32): clipped
+        {"id": 1, "image_id": 0, "category_id": 2, "bbox": [20, 4, 32, 10], "area": 320,
+         "segmentation": [], "iscrowd": 0},
+        # the box disagrees with its polygon (IoU < 0.5): replaced by the polygon's extent
+        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [0, 0, 30, 22], "area": 24,
+         "segmentation": [[4.5, 5, 10.5, 5, 10.5, 9, 4.5, 9]], "iscrowd": 0},
+        # agrees with its polygon (IoU >= 0.5): kept as it is
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [12, 12, 8, 8], "area": 49,
+         "segmentation": [[12, 12, 19, 12, 19, 19, 12, 19]], "iscrowd": 0}]
+    for split in ("train", "valid"):
+        d = {"info": {"description": "helmets"}, "categories": cats,
+             "images": [{"id": i - 1, "file_name": f"im{i}_jpg.rf.abc.jpg", "height": H,
+                         "width": W} for i in (1, 2)], "annotations": anns}
+        (root / split / "_annotations.coco.json").write_text(json.dumps(d))
+    return root, d
+
+
+def test_roboflow_coco_export(tmp_path, capsys):
+    root, src = _roboflow(tmp_path)
+    m = prepare_data("coco", tmp_path / "m", "valid", root=root)
+    out = capsys.readouterr().out
+    assert ("1 placeholder categories dropped (id 0 'helmets': supercategory 'none', unused), "
+            "1 bboxes clipped to the image, 1 replaced by their segmentation's extent") in out
+    assert "2 box-only instances" in out
+    assert [(c["id"], c["name"]) for c in m.categories] == [(1, "head"), (2, "helmets")]
+    a = {x["id"]: x for x in m.annotations}
+    assert a[0]["bbox"] == [2, 3, 10, 6] and "segmentation" not in a[0]
+    assert a[1]["bbox"] == [20.0, 4.0, 12.0, 10.0]
+    assert a[2]["bbox"] == [4.5, 5.0, 6.0, 4.0]      # the polygon's exact extent
+    assert a[3]["bbox"] == [12, 12, 8, 8]
+    assert m.image_path(0).is_file() and m.images[0]["labels"] == [1, 2]
+
+    # two used categories sharing a name: an error naming both ids
+    src["categories"][1]["name"] = "helmets"
+    (root / "train" / "_annotations.coco.json").write_text(json.dumps(src))
+    with pytest.raises(DataError, match=r"categories 1 and 2 are both named 'helmets'"):
+        convert_coco(root, "train")
+    with pytest.raises(DataError, match=r"_annotations\.coco\.json"):
+        convert_coco(root, "test")
