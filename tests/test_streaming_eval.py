@@ -17,7 +17,7 @@ from pdsl.datasets.masks import mask_annotation
 from pdsl.evaluation import Evaluator, coco_instance_metrics, voc_ap_map, voc_wsis_map
 from pdsl.manifest import Manifest
 from pdsl.engine.evaluate import stream_evaluation
-from pdsl.evaluation.voc_ap import voc_ap
+from pdsl.evaluation.voc_ap import voc07_ap, voc_ap
 
 H = W = 64
 
@@ -115,14 +115,22 @@ def test_voc_ap_and_coco_interpolation_against_hand_computed_pr_curve():
     assert voc_ap(prec, rec) == pytest.approx(voc)
     # COCO: envelope at recall 0, .01, ..., 1: 34 points at 1, 33 at 2/3, 34 at 3/5, over 101
     coco = (34 * 1 + 33 * 2 / 3 + 34 * 3 / 5) / 101
+    # VOC07 11-point: recall levels 0, .1, .2, .3 -> 1; .4, .5, .6 -> 2/3; .7, .8, .9, 1 -> 3/5
+    voc07 = (4 * 1 + 3 * 2 / 3 + 4 * 3 / 5) / 11
+    assert voc07_ap(prec, rec) == pytest.approx(voc07)
     ev = Evaluator(m)
     ev.process(1, _pred(dets))
     out = ev.evaluate()
     for kind in ("segm", "bbox"):
         assert out[kind]["voc_mAP@0.5"] == pytest.approx(100 * voc)
         assert out[kind]["mAP@0.5"] == pytest.approx(100 * coco)
+        assert out[kind]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
         assert out[kind]["voc_mAP@0.5"] != pytest.approx(out[kind]["mAP@0.5"])
+        assert out[kind]["voc07_mAP@0.5"] != pytest.approx(out[kind]["voc_mAP@0.5"])
     assert voc_ap([], []) == 0.0
+    # recall that stops at 1/2: the levels above it add nothing (6 of 11 points at precision 1)
+    assert voc07_ap([1.0, 0.5], [0.5, 0.5]) == pytest.approx(6 / 11)
+    assert voc07_ap([], []) == 0.0
 
 
 def test_voc_matching_is_chainercvs_not_cocos():

@@ -112,12 +112,7 @@ REPORT_SAMPLES = 6
 
 def subset_manifest(manifest, images):
     """The manifest restricted to ``images`` (and their annotations)."""
-    from ..manifest import Manifest
-
-    keep = {i["id"] for i in images}
-    return Manifest(path=manifest.path, info=manifest.info, images=list(images),
-                    categories=manifest.categories,
-                    annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+    return manifest.subset(images)
 
 
 def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "eval"):
@@ -208,9 +203,11 @@ def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto"
                                    "image_scores": p["class_scores"]})
         m = ev.evaluate()
         step = int(torch.load(ck, map_location="cpu", weights_only=True)["step"])
-        row = {"step": step, "mask_AP50": m["segm"]["AP50"], "box_AP50": m["bbox"]["AP50"],
+        row = {"step": step, "mask_AP50": m.get("segm", {}).get("AP50"),
+               "box_AP50": m["bbox"]["AP50"],
                "cls_mAP": m["classification"]["mAP"], "images": len(images)}
-        click.echo(f"ap-curve: step {step}: mask AP50 {row['mask_AP50']:.1f}, box AP50 "
+        mask50 = float("nan") if row["mask_AP50"] is None else row["mask_AP50"]
+        click.echo(f"ap-curve: step {step}: mask AP50 {mask50:.1f}, box AP50 "
                    f"{row['box_AP50']:.1f}, classification mAP {row['cls_mAP']:.1f}", err=True)
         lines.append(json.dumps(json_safe(row)))
     out = Path(run_dir) / "ap_curve.jsonl"
