@@ -233,3 +233,38 @@ def test_report_table_labels_both_voc_protocols():
     voc = next(line for line in table.splitlines() if line.startswith("| mask, VOC AP"))
     assert coco.split("|")[3].strip() == "75.6" and voc.split("|")[3].strip() == "75.6"
     assert "75.6" in coco and "(PDSL paper)" in coco and "(IRN, BESTIE, CIM)" in voc
+
+
+def test_score_a_results_file_under_every_protocol(tmp_path):
+    """`cli.py score`'s library side: a COCO results json (here the hand-computed PR curve of
+    the test above) gives the same numbers as the evaluator, all three AP protocols."""
+    from pdsl.evaluation.score import format_score, score_predictions
+    from pdsl.manifest import save_manifest
+
+    g1, g2, g3 = _square(0, 0), _square(20, 20), _square(40, 40)
+    m = _manifest({1: [(0, g1), (0, g2), (0, g3)], 2: []})
+    mpath = tmp_path / "m.json"
+    save_manifest(json.loads(json.dumps(m.to_dict())), mpath)
+    dets = [(0, g1, 0.9), (0, _square(50, 0), 0.8), (0, g2, 0.7), (0, g1, 0.6), (0, g3, 0.5)]
+    ev = Evaluator(m)
+    records = ev.process(1, _pred(dets))
+    records.append({"image_id": 99, "category_id": 10, "score": 1.0, "bbox": [0, 0, 5, 5]})
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    out = score_predictions(tmp_path / "r.json", mpath, out=tmp_path / "s.json")
+    voc, voc07 = (1 + 2 / 3 + 3 / 5) / 3, (4 * 1 + 3 * 2 / 3 + 4 * 3 / 5) / 11
+    coco = (34 * 1 + 33 * 2 / 3 + 34 * 3 / 5) / 101
+    for kind in ("bbox", "segm"):
+        assert out[kind]["voc_mAP@0.5"] == pytest.approx(100 * voc)
+        assert out[kind]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
+        assert out[kind]["mAP@0.5"] == pytest.approx(100 * coco)
+    assert out["records"] == 5 and out["left_out"] == {"unknown_image": 1, "unknown_category": 0}
+    assert json.loads((tmp_path / "s.json").read_text())["bbox"]["CorLoc"] == 100.0
+    text = format_score(out)
+    assert "VOC07 11-point" in text and "left out 1 on images" in text
+    # boxes only (another tool's detection output): box metrics, and it says so
+    for r in records:
+        r.pop("segmentation", None)
+    (tmp_path / "b.json").write_text(json.dumps({"annotations": records}))
+    out = score_predictions(tmp_path / "b.json", mpath)
+    assert "segm" not in out and out["bbox"]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
+    assert "boxes only" in format_score(out)

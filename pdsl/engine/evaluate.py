@@ -12,7 +12,7 @@ import torch
 from ..config import config_from_dict
 from ..errors import ConfigError, DataError, PDSLError
 from .inference import TestParams, predict_image
-from ..io import read_image, write_json_atomic
+from ..io import json_safe, read_image, write_json_atomic
 from ..manifest import load_manifest
 
 
@@ -148,19 +148,6 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
     metrics = ev.evaluate()
     ev.reset()  # closes the temporary files of the per-detection rows
     return metrics, kept
-
-
-def json_safe(obj):
-    """NaN/inf (metrics with no GT to score) -> None, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _open_split(manifest, cues):
