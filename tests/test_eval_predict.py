@@ -104,7 +104,7 @@ def test_eval_box_only_and_mixed_gt(run, tmp_path):
                                          "images": len({a["image_id"] for a in
                                                         man["annotations"]}),
                                          "reason": "no GT masks"}
-    assert f"mask metrics skipped for {len(man['annotations'])} GT instances" in r.stdout
+    assert f"Mask metrics skipped {len(man['annotations'])} GT instances" in r.stdout
     assert "skipped" in (tmp_path / "ev" / "report.md").read_text()
     from pdsl.engine.evaluate import evaluate_run
 

@@ -141,3 +141,46 @@ def test_fastrcnn_dataset_file(tmp_path):
     with pytest.raises(DataError, match="needs cell arrays 'images' and 'boxes'"):
         make_source(f"fastrcnn:{path}").get(IMG)
     pickle.loads(pickle.dumps(src))                   # picklable for joblib workers
+
+
+def test_cache_cues_reads_a_folder_of_files_in_the_stated_convention(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from pdsl.datasets import prepare_data
+
+    import cv2
+
+    repo = Path(__file__).resolve().parents[1]
+    photos = tmp_path / "photos"                      # not square: a swap of x and y shows
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for k in (1, 2):
+        cv2.imwrite(str(photos / f"p{k}.png"), rng.integers(0, 255, (40, 60, 3), np.uint8))
+    (photos / "labels.csv").write_text("file_name,labels\np1.png,cat\np2.png,dog\n")
+    m = prepare_data("folder", tmp_path / "val.json", "val", root=photos, progress=False)
+    d = tmp_path / "props"
+    d.mkdir()
+    for img in m.images:                             # 1-based [y1 x1 y2 x2], as MATLAB writes
+        h, w = img["height"], img["width"]
+        xyxy = np.array([[0, 0, w, h], [w / 4, h / 8, w / 2, h / 2]])
+        yxyx1 = np.stack([xyxy[:, 1] + 1, xyxy[:, 0] + 1, xyxy[:, 3], xyxy[:, 2]], 1)
+        scipy.io.savemat(d / f"{Path(img['file_name']).stem}.mat", {"boxes": yxyx1})
+    args = [sys.executable, "cli.py", "cache-cues", "--manifest", str(tmp_path / "val.json"),
+            "--proposals", f"boxes:{d}", "--out", str(tmp_path / "c.h5"), "--max-bank", "2",
+            "--crop-size", "32"]
+    r = subprocess.run(args + ["--box-format", "y1x1y2x2", "--box-base", "1"], cwd=repo,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "boxes read as y1x1y2x2, 1-based inclusive" in r.stderr
+    from pdsl.cues.store import CueStore
+
+    c = CueStore(tmp_path / "c.h5").get(m.images[0]["id"], with_bank=False)
+    w, h = m.images[0]["width"], m.images[0]["height"]
+    assert np.allclose(c.boxes[0], [0, 0, w, h])
+    (tmp_path / "c.h5").unlink()
+    r = subprocess.run(args, cwd=repo, capture_output=True, text=True)   # read as x1y1x2y2
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert lines[-1].startswith("Error: ") and "--box-format" in lines[-1]

@@ -259,8 +259,16 @@ def test_score_a_results_file_under_every_protocol(tmp_path):
         assert out[kind]["mAP@0.5"] == pytest.approx(100 * coco)
     assert out["records"] == 5 and out["left_out"] == {"unknown_image": 1, "unknown_category": 0}
     assert json.loads((tmp_path / "s.json").read_text())["bbox"]["CorLoc"] == 100.0
-    text = format_score(out)
-    assert "VOC07 11-point" in text and "left out 1 on images" in text
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "cli.py", "score", "--predictions", str(tmp_path / "r.json"),
+                        "--manifest", str(mpath)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == format_score(out).strip()
+    assert "VOC07 11-point" in r.stdout and "left out 1 on images" in r.stdout
     # boxes only (another tool's detection output): box metrics, and it says so
     for r in records:
         r.pop("segmentation", None)

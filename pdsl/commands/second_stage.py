@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import cues_option, device_option, manifest_option, out_option, run_option
+from .options import (cues_option, device_option, manifest_option, out_option, output_lock,
+                      run_option)
 
 
 @click.command("pseudo-label")
@@ -53,7 +54,8 @@ def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, 
     params = PseudoLabelParams(score_thresh=score_thresh, per_class_cap=per_class_cap,
                                keep_top=keep_top, tta=tta, scales=scales, flip=tta_flip,
                                masks=mask_source)
-    s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
+    with output_lock(out, "pseudo-label"):
+        s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
     q = s.get("quality")
 
     def f(v):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (FILE, config_option, cues_option, manifest_option, max_iter_option,
-                      out_option, overrides_argument)
+                      out_option, output_lock, overrides_argument)
 
 
 @click.command("train")
@@ -40,8 +40,9 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
     """
     from ..engine.train import train as run
 
-    run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume, weights=weights,
-        overrides=list(overrides))
+    with output_lock(out_dir, "train"):
+        run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume,
+            weights=weights, overrides=list(overrides))
 
 
 @click.command("train-supervised")
@@ -77,8 +78,9 @@ def train_supervised_cmd(config_path, manifest, out_dir, annotations, max_iter, 
     """
     from ..engine.supervised import train_supervised
 
-    train_supervised(config_path, manifest, out_dir, annotations=annotations, max_iter=max_iter,
-                     resume=resume, overrides=list(overrides))
+    with output_lock(out_dir, "train-supervised"):
+        train_supervised(config_path, manifest, out_dir, annotations=annotations,
+                         max_iter=max_iter, resume=resume, overrides=list(overrides))
 
 
 @click.command("pretrain-backbone")
