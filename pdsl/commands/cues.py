@@ -32,9 +32,9 @@ def cache_cues(manifest, proposals, box_format, box_base, workers, shard_size, o
     Example:
       python cli.py cache-cues --manifest data/voc/val.json --proposals mcg:MCG/VOC2012 --workers 8 --out data/cues/voc/val/cues.h5
     """
-    from ..cues.cache import cache_cues as run
-
     with output_lock(out, "cache-cues"):
+        from ..cues.cache import cache_cues as run
+
         run(manifest, proposals, out, workers=workers, shard_size=shard_size,
             params=seed_params(**seed_kw), keep_parts=keep_parts,
             proposal_options=convention(box_format, box_base))

@@ -38,9 +38,9 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
       python cli.py grid --spec pipeline/grids/ablation.yaml --out runs/grid-ablation \\
           --results pipeline/results/ablation --jobs 2 --threads 1
     """
-    from ..engine.grid import load_spec, markdown, run_grid, summarize, write_results
-
     with output_lock(out_dir, "grid"):
+        from ..engine.grid import load_spec, markdown, run_grid, summarize, write_results
+
         recs = run_grid(spec_path, out_dir, only=only or None, jobs=jobs, threads=threads,
                         echo=lambda m: click.echo(m, err=True))
         if results:

@@ -38,9 +38,9 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
       python cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --cues data/cues/voc/train_aug/cues.h5 --out runs/voc --resume solver.base_lr=0.005 train.num_workers=8
       torchrun --nproc_per_node 4 cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest ... --cues ... --out runs/voc
     """
-    from ..engine.train import train as run
-
     with output_lock(out_dir, "train"):
+        from ..engine.train import train as run
+
         run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume,
             weights=weights, overrides=list(overrides))
 
@@ -76,9 +76,9 @@ def train_supervised_cmd(config_path, manifest, out_dir, annotations, max_iter, 
       python cli.py eval --run runs/demo_maskrcnn --manifest data/synthetic/val.json --cues data/cues/synthetic/val/cues.h5
       python cli.py train-supervised --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --annotations runs/voc/pseudo_labels.json --out runs/voc_retrain
     """
-    from ..engine.supervised import train_supervised
-
     with output_lock(out_dir, "train-supervised"):
+        from ..engine.supervised import train_supervised
+
         train_supervised(config_path, manifest, out_dir, annotations=annotations,
                          max_iter=max_iter, resume=resume, overrides=list(overrides))
 
