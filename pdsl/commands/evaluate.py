@@ -31,8 +31,10 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
     Reads the run's last checkpoint, the manifest and the split's cue cache (proposals). Writes
     OUT/coco_instances_results.json (RLE masks), OUT/metrics.json (mask and box AP, AP50, AP75,
     APs/m/l, the VOC WSIS mAP@0.25/0.50/0.70/0.75, detection mAP@0.5, CorLoc, image-level mAP —
-    pycocotools COCOeval) and OUT/report.md with pictures. A checkpoint trained on another class
-    set is refused.
+    pycocotools COCOeval; VOC AP as area under PR and VOC07 11-point too) and OUT/report.md with
+    pictures. Box-only GT (VOC XML, Roboflow boxes) gets the box metrics, CorLoc and image-level
+    mAP; mask metrics leave those images out and say for how many instances. A checkpoint
+    trained on another class set is refused.
 
     \b
     Example:

@@ -105,7 +105,9 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     unless ``online`` is False) run on the box itself. For each: mean and median IoU with the GT
     mask, the fraction of empty (< 2 % of the box) and full (> 98 %) masks, ms per box, and the
     mean IoU by COCO size (small < 32^2 < medium < 96^2 < large, GT mask area) and over the
-    instances whose GT box has at least 32^2 px.
+    instances whose GT box has at least 32^2 px. Box-only GT instances (no ``segmentation``)
+    count in recall (sized by their box area) and not in the seed-mask rows;
+    ``seed_masks_note`` says so (``seed_masks`` is None when no instance has a mask).
     """
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
