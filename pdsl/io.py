@@ -42,6 +42,19 @@ def write_json_atomic(obj, path: str | os.PathLike, indent: int | None = None) -
             json.dump(obj, f, indent=indent)
 
 
+def json_safe(obj):
+    """NaN/inf (metrics with no GT to score) -> None, so the file is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
 def read_data_file(path: str | os.PathLike, what: str, error: type[Exception] = DataError,
                    hint: str = "", fmt: str = "json"):
     """The parsed contents of a JSON (``fmt="json"``) or YAML (``fmt="yaml"``) file.

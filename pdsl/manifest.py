@@ -90,6 +90,26 @@ class Manifest:
     def has_gt(self) -> bool:
         return len(self.annotations) > 0
 
+    def subset(self, images) -> "Manifest":
+        """This manifest restricted to ``images`` (and their annotations)."""
+        keep = {i["id"] for i in images}
+        return Manifest(path=self.path, info=self.info, images=list(images),
+                        categories=self.categories,
+                        annotations=[a for a in self.annotations if a["image_id"] in keep])
+
+    def mask_coverage(self) -> dict:
+        """Which images mask metrics can score: ``{"images": ids whose every annotation has a
+        ``segmentation`` (none, if no annotation has one), "skipped_instances": annotations
+        without one, "skipped_images": images left out for them}``."""
+        boxed = {a["image_id"] for a in self.annotations if not a.get("segmentation")}
+        n_box = sum(1 for a in self.annotations if not a.get("segmentation"))
+        if n_box == len(self.annotations):
+            ids = set()
+        else:
+            ids = {img["id"] for img in self.images} - boxed
+        return {"images": ids, "skipped_instances": n_box,
+                "skipped_images": len({i for i in boxed if i in self.image_by_id})}
+
     def to_dict(self) -> dict:
         return {"info": self.info, "images": self.images, "categories": self.categories,
                 "annotations": self.annotations}

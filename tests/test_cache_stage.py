@@ -144,6 +144,32 @@ def test_cli_cue_report_json(tiny, tmp_path):
     r = _cli("cue-report", "--manifest", tiny / "val.json", "--cues", tmp_path / "nope.h5")
     assert r.returncode == 2 and "nope.h5: file not found" in r.stderr
 
+    # box-only GT (VOC XML, Roboflow boxes): recall as before, no seed-mask IoU, no traceback
+    man = json.loads((tiny / "val.json").read_text())
+    for a in man["annotations"]:
+        a.pop("segmentation")
+    (tmp_path / "boxes.json").write_text(json.dumps(man))
+    r = _cli("cue-report", "--manifest", tmp_path / "boxes.json", "--cues", out, "--no-online")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"seed-mask IoU needs GT masks: none of the {len(man['annotations'])} GT" in r.stdout
+    assert "recall vs" in r.stdout
+    full = cue_report(tiny / "val.json", out, online=False)
+    boxed = cue_report(tmp_path / "boxes.json", out, online=False)
+    assert boxed["recall"] == full["recall"] and boxed["seed_masks"] is None
+    # a mix: the seed-mask rows count only the instances with masks
+    man = json.loads((tiny / "val.json").read_text())
+    first = man["annotations"][0]["image_id"]
+    n_box = sum(1 for a in man["annotations"] if a["image_id"] == first)
+    for a in man["annotations"]:
+        if a["image_id"] == first:
+            a["segmentation"] = []
+    (tmp_path / "mixed.json").write_text(json.dumps(man))
+    mixed = cue_report(tmp_path / "mixed.json", out, online=False)
+    n = full["gt"]["instances"]
+    assert mixed["gt"]["instances_without_mask"] == n_box
+    assert mixed["seed_masks"]["methods"]["box"]["matched"]["n"] == n - n_box
+    assert f"over the {n - n_box} of {n} GT instances" in mixed["seed_masks_note"]
+
 
 def test_snakemake_end_to_end_resumes_one_shard(tmp_path):
     """The workflow on the tiny test config: build, then nothing to do, then one shard only."""
@@ -177,7 +203,7 @@ def _mcg_fixture(manifest_path, out_dir):
     m = load_manifest(manifest_path)
     out_dir.mkdir()
     for img in m.images:
-        _, masks, _ = gt_instances(m, img)
+        _, masks, _, _ = gt_instances(m, img)
         H, W = int(img["height"]), int(img["width"])
         sp = np.full((H, W), len(masks) + 1, np.float64)
         for k, g in enumerate(masks):

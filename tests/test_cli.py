@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: the commands as users know them (README, the Snakefile rules, scripts)
 COMMANDS = {"prepare-data", "cache-cues", "proposals-shard", "seeds-shard", "merge-cues",
             "cue-report", "pretrain-backbone", "train", "train-supervised", "eval", "predict",
-            "pseudo-label", "export-model", "grid"}
+            "pseudo-label", "export-model", "grid", "score"}
 
 
 def _mentioned(paths) -> set:

@@ -375,7 +375,8 @@ def test_voc_errors(fake_voc):
         convert_voc(devkit, "train")
 
     (voc / "ImageSets" / "Segmentation" / "val.txt").unlink()
-    with pytest.raises(DataError, match=r"VOC val list .*val\.txt: file not found"):
+    with pytest.raises(DataError, match=r"VOC split 'val': unknown, no list file .*val\.txt.*"
+                                        r"splits here: train, trainval"):
         convert_voc(devkit, "val")
 
 

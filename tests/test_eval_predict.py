@@ -87,6 +87,50 @@ def test_cli_eval_writes_results_metrics_report(run):
     assert [c["step"] for c in curve] == [2, 3]
 
 
+def test_eval_box_only_and_mixed_gt(run, tmp_path):
+    """Box-only GT: box AP, CorLoc, image-level mAP and the VOC box protocols; mask metrics are
+    skipped for the images holding box-only instances, and it says how many."""
+    man = json.loads((run / "val.json").read_text())
+    for a in man["annotations"]:
+        a.pop("segmentation")
+    (tmp_path / "boxes.json").write_text(json.dumps(man))
+    r = _cli("eval", "--run", run / "run", "--manifest", tmp_path / "boxes.json", "--cues",
+             run / "val.h5", "--out", tmp_path / "ev")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert "segm" not in m and "mAP" in m["classification"]
+    assert {"AP", "AP50", "AP75", "CorLoc", "voc_mAP@0.5", "voc07_mAP@0.5"} <= set(m["bbox"])
+    assert m["mask_metrics_skipped"] == {"instances": len(man["annotations"]),
+                                         "images": len({a["image_id"] for a in
+                                                        man["annotations"]}),
+                                         "reason": "no GT masks"}
+    assert f"Mask metrics skipped {len(man['annotations'])} GT instances" in r.stdout
+    assert "skipped" in (tmp_path / "ev" / "report.md").read_text()
+    from pdsl.engine.evaluate import evaluate_run
+
+    full = evaluate_run(run / "run", run / "val.json", run / "val.h5", out_dir=tmp_path / "ev0",
+                        report=False)
+    assert m["bbox"]["AP50"] == full["bbox"]["AP50"]  # box GT unchanged: same box numbers
+
+    # a mix: one image box-only; mask metrics on the other images alone
+    man = json.loads((run / "val.json").read_text())
+    first = man["images"][0]["id"]
+    for a in man["annotations"]:
+        if a["image_id"] == first:
+            a["segmentation"] = []
+    (tmp_path / "mixed.json").write_text(json.dumps(man))
+    mixed = evaluate_run(run / "run", tmp_path / "mixed.json", run / "val.h5",
+                         out_dir=tmp_path / "ev2", report=False)
+    sub = dict(man, images=man["images"][1:],
+               annotations=[a for a in man["annotations"] if a["image_id"] != first])
+    (tmp_path / "rest.json").write_text(json.dumps(sub))
+    rest = evaluate_run(run / "run", tmp_path / "rest.json", run / "val.h5",
+                        out_dir=tmp_path / "ev3", report=False)
+    assert mixed["segm"]["AP"] == rest["segm"]["AP"]
+    assert mixed["bbox"]["AP"] == full["bbox"]["AP"]
+    assert mixed["mask_metrics_skipped"]["images"] == 1
+
+
 def test_eval_refuses_another_class_set(run, tmp_path):
     from pdsl.engine.evaluate import load_run
 

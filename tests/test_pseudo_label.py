@@ -110,6 +110,19 @@ def test_pseudo_labels_resume_and_load_in_pycocotools(run, tmp_path, monkeypatch
     assert (tmp_path / "retrain" / "last_checkpoint").is_file()
 
 
+def test_box_only_gt_labels_without_a_mask_quality(run, tmp_path):
+    """Box-only GT (VOC XML, Roboflow): the labels are made; mask-IoU quality needs GT masks."""
+    man = json.loads((run / "train.json").read_text())
+    for a in man["annotations"]:
+        a.pop("segmentation")
+    (tmp_path / "boxes.json").write_text(json.dumps(man))
+    out = tmp_path / "p.json"
+    s = PL.pseudo_label(run / "run", tmp_path / "boxes.json", run / "train.h5", out,
+                        PL.PseudoLabelParams(score_thresh=0.0), device="cpu")
+    assert "quality" not in s and not (tmp_path / "p.quality.json").exists()
+    assert len(json.loads(out.read_text())["annotations"]) == s["annotations"] > 0
+
+
 def test_parts_of_another_labelling_are_refused(run, tmp_path):
     out = tmp_path / "p.json"
     parts = tmp_path / "p.json.parts"

@@ -17,7 +17,7 @@ from pdsl.datasets.masks import mask_annotation
 from pdsl.evaluation import Evaluator, coco_instance_metrics, voc_ap_map, voc_wsis_map
 from pdsl.manifest import Manifest
 from pdsl.engine.evaluate import stream_evaluation
-from pdsl.evaluation.voc_ap import voc_ap
+from pdsl.evaluation.voc_ap import voc07_ap, voc_ap
 
 H = W = 64
 
@@ -115,14 +115,22 @@ def test_voc_ap_and_coco_interpolation_against_hand_computed_pr_curve():
     assert voc_ap(prec, rec) == pytest.approx(voc)
     # COCO: envelope at recall 0, .01, ..., 1: 34 points at 1, 33 at 2/3, 34 at 3/5, over 101
     coco = (34 * 1 + 33 * 2 / 3 + 34 * 3 / 5) / 101
+    # VOC07 11-point: recall levels 0, .1, .2, .3 -> 1; .4, .5, .6 -> 2/3; .7, .8, .9, 1 -> 3/5
+    voc07 = (4 * 1 + 3 * 2 / 3 + 4 * 3 / 5) / 11
+    assert voc07_ap(prec, rec) == pytest.approx(voc07)
     ev = Evaluator(m)
     ev.process(1, _pred(dets))
     out = ev.evaluate()
     for kind in ("segm", "bbox"):
         assert out[kind]["voc_mAP@0.5"] == pytest.approx(100 * voc)
         assert out[kind]["mAP@0.5"] == pytest.approx(100 * coco)
+        assert out[kind]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
         assert out[kind]["voc_mAP@0.5"] != pytest.approx(out[kind]["mAP@0.5"])
+        assert out[kind]["voc07_mAP@0.5"] != pytest.approx(out[kind]["voc_mAP@0.5"])
     assert voc_ap([], []) == 0.0
+    # recall that stops at 1/2: the levels above it add nothing (6 of 11 points at precision 1)
+    assert voc07_ap([1.0, 0.5], [0.5, 0.5]) == pytest.approx(6 / 11)
+    assert voc07_ap([], []) == 0.0
 
 
 def test_voc_matching_is_chainercvs_not_cocos():
@@ -225,3 +233,46 @@ def test_report_table_labels_both_voc_protocols():
     voc = next(line for line in table.splitlines() if line.startswith("| mask, VOC AP"))
     assert coco.split("|")[3].strip() == "75.6" and voc.split("|")[3].strip() == "75.6"
     assert "75.6" in coco and "(PDSL paper)" in coco and "(IRN, BESTIE, CIM)" in voc
+
+
+def test_score_a_results_file_under_every_protocol(tmp_path):
+    """`cli.py score`'s library side: a COCO results json (here the hand-computed PR curve of
+    the test above) gives the same numbers as the evaluator, all three AP protocols."""
+    from pdsl.evaluation.score import format_score, score_predictions
+    from pdsl.manifest import save_manifest
+
+    g1, g2, g3 = _square(0, 0), _square(20, 20), _square(40, 40)
+    m = _manifest({1: [(0, g1), (0, g2), (0, g3)], 2: []})
+    mpath = tmp_path / "m.json"
+    save_manifest(json.loads(json.dumps(m.to_dict())), mpath)
+    dets = [(0, g1, 0.9), (0, _square(50, 0), 0.8), (0, g2, 0.7), (0, g1, 0.6), (0, g3, 0.5)]
+    ev = Evaluator(m)
+    records = ev.process(1, _pred(dets))
+    records.append({"image_id": 99, "category_id": 10, "score": 1.0, "bbox": [0, 0, 5, 5]})
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    out = score_predictions(tmp_path / "r.json", mpath, out=tmp_path / "s.json")
+    voc, voc07 = (1 + 2 / 3 + 3 / 5) / 3, (4 * 1 + 3 * 2 / 3 + 4 * 3 / 5) / 11
+    coco = (34 * 1 + 33 * 2 / 3 + 34 * 3 / 5) / 101
+    for kind in ("bbox", "segm"):
+        assert out[kind]["voc_mAP@0.5"] == pytest.approx(100 * voc)
+        assert out[kind]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
+        assert out[kind]["mAP@0.5"] == pytest.approx(100 * coco)
+    assert out["records"] == 5 and out["left_out"] == {"unknown_image": 1, "unknown_category": 0}
+    assert json.loads((tmp_path / "s.json").read_text())["bbox"]["CorLoc"] == 100.0
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    r = subprocess.run([sys.executable, "cli.py", "score", "--predictions", str(tmp_path / "r.json"),
+                        "--manifest", str(mpath)], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == format_score(out).strip()
+    assert "VOC07 11-point" in r.stdout and "left out 1 on images" in r.stdout
+    # boxes only (another tool's detection output): box metrics, and it says so
+    for r in records:
+        r.pop("segmentation", None)
+    (tmp_path / "b.json").write_text(json.dumps({"annotations": records}))
+    out = score_predictions(tmp_path / "b.json", mpath)
+    assert "segm" not in out and out["bbox"]["voc07_mAP@0.5"] == pytest.approx(100 * voc07)
+    assert "boxes only" in format_score(out)

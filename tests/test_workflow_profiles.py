@@ -210,3 +210,19 @@ def test_grid_target_plans_the_grid_after_the_demo_inputs(tmp_path):
     assert counts["grid"] == counts["pretrain"] == "1" and counts["merge"] == "2"
     assert "cli.py grid --spec pipeline/grids/authors-switches.yaml --out runs/grid-authors-switches" \
         " --results pipeline/results/authors-switches --jobs 2 --threads 1" in out
+
+
+def test_proposal_file_sources_and_conventions_reach_the_proposals_stage(tmp_path):
+    cfg = tmp_path / "boxes.yaml"
+    cfg.write_text(yaml.safe_dump({"data_dir": str(tmp_path / "data"),
+                                   "runs_dir": str(tmp_path / "runs"), "proposals": "boxes:ss",
+                                   "box_format": "y1x1y2x2", "box_base": 1}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--configfile", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert ("--proposals 'boxes:ss' --box-format y1x1y2x2 --box-base 1"
+            in _jobs(r.stdout + r.stderr)["proposals"]["shell"])
+    cfg.write_text(yaml.safe_dump({"proposals": "fastrcnn:x.mat", "box_base": 2}))
+    r = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(cfg)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "box_base" in r.stdout + r.stderr

@@ -44,6 +44,7 @@ def cli():
       train         manifest + cues -> run dir (config, metrics, checkpoints)
       train-supervised  the fully supervised Mask R-CNN ceiling (GT or pseudo-label masks)
       eval          run + split -> metrics (pycocotools), results json, report.md
+      score         any COCO results json + manifest -> metrics under every protocol
       predict       run + any images -> overlays and a COCO json (no cache needed; without
                     --run: the released demo model)
       pseudo-label  run + its training split -> COCO json of pseudo labels (second stage)

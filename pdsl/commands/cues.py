@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
-from .options import FILE, cues_option, manifest_option, out_option, seed_options, seed_params
+from .options import (FILE, PROPOSAL_HELP, box_convention_options, convention, cues_option,
+                      manifest_option, out_option, output_lock, seed_options, seed_params)
 
 
 @click.command("cache-cues")
 @manifest_option("Manifest json (from prepare-data).")
-@click.option("--proposals", default="builtin", show_default=True,
-              help="builtin (selective search) | mcg:DIR (one .mat per image) | pickle:FILE.")
+@click.option("--proposals", default="builtin", show_default=True, help=PROPOSAL_HELP)
+@box_convention_options
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Parallel CPU worker processes (one shard each at a time).")
 @click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True,
@@ -18,34 +19,42 @@ from .options import FILE, cues_option, manifest_option, out_option, seed_option
 @out_option("cues.h5 to write.")
 @click.option("--keep-parts", is_flag=True, help="Keep the shard files after merging.")
 @seed_options
-def cache_cues(manifest, proposals, workers, shard_size, out, keep_parts, **seed_kw):
+def cache_cues(manifest, proposals, box_format, box_base, workers, shard_size, out, keep_parts,
+               **seed_kw):
     """Compute proposals and the GrabCut seed-mask bank of one split into one HDF5 file.
 
     Reads MANIFEST and its images (plus MCG .mat files or a proposals pickle if given), writes
     OUT atomically. Work is split into shards kept in OUT.parts/ until the merge, so a killed run
-    resumes where it stopped. Same result as the Snakemake stages, without Snakemake.
+    resumes where it stopped. Same result as the Snakemake stages, without Snakemake. A second
+    cache-cues on the same OUT is refused while this one runs (OUT.lock names it).
 
     \b
     Example:
       python cli.py cache-cues --manifest data/voc/val.json --proposals mcg:MCG/VOC2012 --workers 8 --out data/cues/voc/val/cues.h5
     """
-    from ..cues.cache import cache_cues as run
+    with output_lock(out, "cache-cues"):
+        from ..cues.cache import cache_cues as run
 
-    run(manifest, proposals, out, workers=workers, shard_size=shard_size,
-        params=seed_params(**seed_kw), keep_parts=keep_parts)
+        run(manifest, proposals, out, workers=workers, shard_size=shard_size,
+            params=seed_params(**seed_kw), keep_parts=keep_parts,
+            proposal_options=convention(box_format, box_base))
 
 
 @click.command("proposals-shard")
 @manifest_option()
-@click.option("--proposals", default="builtin", show_default=True,
-              help="builtin | mcg:DIR | pickle:FILE.")
+@click.option("--proposals", default="builtin", show_default=True, help=PROPOSAL_HELP)
+@box_convention_options
 @click.option("--shard", required=True, help="Which slice of the images: 'I-of-N', e.g. 1-of-8.")
 @out_option()
-def proposals_shard(manifest, proposals, shard, out):
+def proposals_shard(manifest, proposals, box_format, box_base, shard, out):
     """Stage 1 of one shard: proposals of the shard's images -> OUT (HDF5, kind 'proposals')."""
     from ..cues.cache import compute_proposals_shard
+    from ..proposals import make_source
 
-    compute_proposals_shard(manifest, proposals, shard, out)
+    source = make_source(proposals, **convention(box_format, box_base))
+    compute_proposals_shard(manifest, source, shard, out)
+    click.echo(f"proposals-shard: wrote {out} ({source.kind}, boxes read as "
+               f"{source.convention()})", err=True)
 
 
 @click.command("seeds-shard")

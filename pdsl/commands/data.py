@@ -20,8 +20,9 @@ from .options import FILE, FOLDER, out_option
               help="folder format: one class list for every split: a .txt (one name per line, "
                    "order kept) or the labels files of all splits (sorted union); repeatable.")
 @click.option("--split", required=True,
-              help="voc: train_aug|train|val|trainval; coco: e.g. train2017; synthetic/folder: "
-                   "any name.")
+              help="voc: train_aug (with --sbd) or any list in ImageSets/Segmentation or "
+                   "ImageSets/Main (train, val, CVAT's default); coco: e.g. train2017, or "
+                   "Roboflow's train/valid/test; synthetic/folder: any name.")
 @click.option("--num-images", type=click.IntRange(1), default=None,
               help="synthetic: image count (required); voc/coco/folder: keep a seeded random "
                    "subset of this many images (quick runs).")

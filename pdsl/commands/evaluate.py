@@ -1,11 +1,12 @@
-"""Using a trained run: ``eval`` (a split with GT -> metrics and a report), ``predict`` (any
-images -> overlays and a COCO json) and ``export-model`` (a run -> a weights-only release)."""
+"""Using a trained run: ``eval`` (a split with GT -> metrics and a report), ``score`` (any
+prediction file -> metrics), ``predict`` (any images -> overlays and a COCO json) and
+``export-model`` (a run -> a weights-only release)."""
 from __future__ import annotations
 
 import click
 
 from ..errors import PDSLError
-from .options import cues_option, device_option, manifest_option, out_option, run_option
+from .options import FILE, cues_option, device_option, manifest_option, out_option, run_option
 
 
 @click.command("eval")
@@ -30,8 +31,10 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
     Reads the run's last checkpoint, the manifest and the split's cue cache (proposals). Writes
     OUT/coco_instances_results.json (RLE masks), OUT/metrics.json (mask and box AP, AP50, AP75,
     APs/m/l, the VOC WSIS mAP@0.25/0.50/0.70/0.75, detection mAP@0.5, CorLoc, image-level mAP —
-    pycocotools COCOeval) and OUT/report.md with pictures. A checkpoint trained on another class
-    set is refused.
+    pycocotools COCOeval; VOC AP as area under PR and VOC07 11-point too) and OUT/report.md with
+    pictures. Box-only GT (VOC XML, Roboflow boxes) gets the box metrics, CorLoc and image-level
+    mAP; mask metrics leave those images out and say for how many instances. A checkpoint
+    trained on another class set is refused.
 
     \b
     Example:
@@ -46,6 +49,34 @@ def eval_cmd(run_dir, manifest, cues, tta, out_dir, max_images, curve, device):
         click.echo(metrics_table(m))
         if "classification" in m:
             click.echo(f"image-level classification mAP: {m['classification']['mAP']:.1f}")
+        if m.get("mask_metrics_skipped"):
+            from ..evaluation.report import skipped_line
+
+            click.echo(skipped_line(m["mask_metrics_skipped"]))
+
+
+@click.command("score")
+@click.option("--predictions", type=FILE, required=True,
+              help="COCO results json: a list of {image_id, category_id, score, bbox [x, y, w, "
+                   "h], optional segmentation} (eval's coco_instances_results.json, detectron2, "
+                   "mmdetection, wetectron), or predict's predictions.json.")
+@manifest_option("Manifest with the GT to score against (its image and category ids).")
+@out_option("Also write the metrics here (json).", required=False)
+def score_cmd(predictions, manifest, out):
+    """Score a prediction file someone already has, under every protocol, without a run.
+
+    COCO AP/AP50/AP75/APs/m/l (101-point), and at IoU 0.25/0.5/0.7/0.75 COCO's 101-point AP, VOC
+    AP (area under the PR curve) and VOC07 11-point AP, for boxes and (where every record has
+    one) masks; CorLoc. Box-only GT scores boxes and says how many instances the mask metrics
+    left out. Records on image or category ids the manifest lacks are left out and counted.
+
+    \b
+    Example:
+      python cli.py score --predictions runs/demo/eval/val/coco_instances_results.json --manifest data/synthetic/val.json
+    """
+    from ..evaluation.score import format_score, score_predictions
+
+    click.echo(format_score(score_predictions(predictions, manifest, out=out)))
 
 
 def released_classes() -> list[str]:
@@ -130,4 +161,4 @@ def export_model_cmd(run_dir, out_dir, half, force):
     click.echo(f"export-model: {path} ({path.stat().st_size / 1e6:.1f} MB)", err=True)
 
 
-COMMANDS = (eval_cmd, predict_cmd, export_model_cmd)
+COMMANDS = (eval_cmd, score_cmd, predict_cmd, export_model_cmd)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import FILE, out_option
+from .options import FILE, out_option, output_lock
 
 
 @click.command("grid")
@@ -38,15 +38,16 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
       python cli.py grid --spec pipeline/grids/ablation.yaml --out runs/grid-ablation \\
           --results pipeline/results/ablation --jobs 2 --threads 1
     """
-    from ..engine.grid import load_spec, markdown, run_grid, summarize, write_results
+    with output_lock(out_dir, "grid"):
+        from ..engine.grid import load_spec, markdown, run_grid, summarize, write_results
 
-    recs = run_grid(spec_path, out_dir, only=only or None, jobs=jobs, threads=threads,
-                    echo=lambda m: click.echo(m, err=True))
-    if results:
-        summary = write_results(spec_path, out_dir, results, title)
-        click.echo(f"wrote {results}.json/.md/.png", err=True)
-    else:
-        summary = summarize(load_spec(spec_path), recs)
+        recs = run_grid(spec_path, out_dir, only=only or None, jobs=jobs, threads=threads,
+                        echo=lambda m: click.echo(m, err=True))
+        if results:
+            summary = write_results(spec_path, out_dir, results, title)
+            click.echo(f"wrote {results}.json/.md/.png", err=True)
+        else:
+            summary = summarize(load_spec(spec_path), recs)
     click.echo(markdown(summary, title))
 
 

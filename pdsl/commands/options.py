@@ -41,6 +41,33 @@ def out_option(help=None, folder=False, required=True):
     return _path_option(*decls, kind=FOLDER if folder else FILE, required=required, help=help)
 
 
+PROPOSAL_HELP = ("builtin (selective search) | mcg:DIR (one MCG .mat per image) | pickle:FILE "
+                 "(Detectron/PCL/OICR) | boxes:DIR (one .mat/.npy/.pkl/.txt per image) | "
+                 "fastrcnn:FILE.mat (Fast R-CNN's selective-search file); data/README.md.")
+
+
+def box_convention_options(f):
+    """``--box-format`` / ``--box-base``: the proposal files' convention (None: the reader's)."""
+    f = click.option("--box-base", type=click.Choice(["0", "1"]), default=None,
+                     help="Proposal files: 0 = 0-based corners as given, 1 = 1-based inclusive "
+                          "pixel indices (MATLAB). Default: boxes: 0; mcg:, fastrcnn: 1.")(f)
+    return click.option("--box-format", type=click.Choice(["x1y1x2y2", "y1x1y2x2", "xywh"]),
+                        default=None, help="Proposal files' box order. Default: boxes: "
+                        "x1y1x2y2; mcg:, fastrcnn: y1x1y2x2 (their published one).")(f)
+
+
+def convention(box_format, box_base) -> dict:
+    """The proposal source parameters of the two options (unset ones left to the reader)."""
+    return {"box_format": box_format, "box_base": None if box_base is None else int(box_base)}
+
+
+def output_lock(out, command: str):
+    """The lock of a command's output (:mod:`pdsl.lock`): a second command on it is refused."""
+    from ..lock import output_lock as lock
+
+    return lock(out, command, echo=lambda m: click.echo(m, err=True))
+
+
 max_iter_option = click.option("--max-iter", type=click.IntRange(1), default=None,
                                help="Optimiser steps (overrides solver.max_iter).")
 overrides_argument = click.argument("overrides", nargs=-1)

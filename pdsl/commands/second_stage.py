@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from .options import cues_option, device_option, manifest_option, out_option, run_option
+from .options import (cues_option, device_option, manifest_option, out_option, output_lock,
+                      run_option)
 
 
 @click.command("pseudo-label")
@@ -47,13 +48,14 @@ def pseudo_label_cmd(run_dir, manifest, cues, out, score_thresh, per_class_cap, 
           --cues data/cues/synthetic/train/cues.h5 --out runs/demo/pseudo/train.json \\
           --tta --tta-scales 128,160,192 --tta-flip
     """
-    from ..engine.pseudo_label import PseudoLabelParams, pseudo_label
+    with output_lock(out, "pseudo-label"):
+        from ..engine.pseudo_label import PseudoLabelParams, pseudo_label
 
-    scales = tuple(x.strip() for x in tta_scales.split(",")) if tta_scales else ()
-    params = PseudoLabelParams(score_thresh=score_thresh, per_class_cap=per_class_cap,
-                               keep_top=keep_top, tta=tta, scales=scales, flip=tta_flip,
-                               masks=mask_source)
-    s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
+        scales = tuple(x.strip() for x in tta_scales.split(",")) if tta_scales else ()
+        params = PseudoLabelParams(score_thresh=score_thresh, per_class_cap=per_class_cap,
+                                   keep_top=keep_top, tta=tta, scales=scales, flip=tta_flip,
+                                   masks=mask_source)
+        s = pseudo_label(run_dir, manifest, cues, out, params, device=device, force=force)
     q = s.get("quality")
 
     def f(v):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from .options import (FILE, config_option, cues_option, manifest_option, max_iter_option,
-                      out_option, overrides_argument)
+                      out_option, output_lock, overrides_argument)
 
 
 @click.command("train")
@@ -38,10 +38,11 @@ def train(config_path, manifest, cues, out_dir, max_iter, resume, weights, overr
       python cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --cues data/cues/voc/train_aug/cues.h5 --out runs/voc --resume solver.base_lr=0.005 train.num_workers=8
       torchrun --nproc_per_node 4 cli.py train --config pipeline/configs/voc2012_r50.yaml --manifest ... --cues ... --out runs/voc
     """
-    from ..engine.train import train as run
+    with output_lock(out_dir, "train"):
+        from ..engine.train import train as run
 
-    run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume, weights=weights,
-        overrides=list(overrides))
+        run(config_path, manifest, cues, out_dir, max_iter=max_iter, resume=resume,
+            weights=weights, overrides=list(overrides))
 
 
 @click.command("train-supervised")
@@ -75,10 +76,11 @@ def train_supervised_cmd(config_path, manifest, out_dir, annotations, max_iter, 
       python cli.py eval --run runs/demo_maskrcnn --manifest data/synthetic/val.json --cues data/cues/synthetic/val/cues.h5
       python cli.py train-supervised --config pipeline/configs/voc2012_r50.yaml --manifest data/voc/train_aug.json --annotations runs/voc/pseudo_labels.json --out runs/voc_retrain
     """
-    from ..engine.supervised import train_supervised
+    with output_lock(out_dir, "train-supervised"):
+        from ..engine.supervised import train_supervised
 
-    train_supervised(config_path, manifest, out_dir, annotations=annotations, max_iter=max_iter,
-                     resume=resume, overrides=list(overrides))
+        train_supervised(config_path, manifest, out_dir, annotations=annotations,
+                         max_iter=max_iter, resume=resume, overrides=list(overrides))
 
 
 @click.command("pretrain-backbone")

@@ -131,10 +131,12 @@ def _run_shard(manifest_path, spec, shard, parts_dir, params) -> tuple[str, int,
 
 
 def cache_cues(manifest_path, proposals: str, out, workers: int = 1, shard_size: int = 64,
-               params: SeedParams | None = None, keep_parts: bool = False, log=None) -> dict:
+               params: SeedParams | None = None, keep_parts: bool = False, log=None,
+               proposal_options: dict | None = None) -> dict:
     """Proposals + seed bank for one split, without Snakemake: shards run in ``workers`` joblib
     processes; finished shards in ``<out>.parts/`` are reused, so a killed run resumes.
-    Returns a summary dict."""
+    ``proposal_options``: the source's parameters (``box_format``, ``box_base``, ...; see
+    :func:`pdsl.proposals.make_source`). Returns a summary dict."""
     import click
     from joblib import Parallel, delayed
 
@@ -143,7 +145,7 @@ def cache_cues(manifest_path, proposals: str, out, workers: int = 1, shard_size:
     log = log or (lambda s: click.echo(s, err=True))
     params = params or SeedParams()
     manifest = load_manifest(manifest_path)
-    source = make_source(proposals)  # validates the spec before any work starts
+    source = make_source(proposals, **(proposal_options or {}))  # checked before any work
     desc = source.describe()
     out = Path(out)
     parts_dir = out.with_name(out.name + ".parts")
@@ -154,13 +156,14 @@ def cache_cues(manifest_path, proposals: str, out, workers: int = 1, shard_size:
         parts_dir / f"seeds-{s}.h5", desc, params, manifest, len(shard_images(manifest, s)))]
     done_images = sum(len(shard_images(manifest, s)) for s in shards if s not in todo)
     log(f"cache-cues: {len(manifest.images)} images of {manifest.dataset}/{manifest.split} in "
-        f"{n} shards; {n - len(todo)} already done, {len(todo)} to compute with {workers} worker(s)")
+        f"{n} shards; {n - len(todo)} already done, {len(todo)} to compute with {workers} worker(s)"
+        f"; proposals {source.kind}, boxes read as {source.convention()}")
     t0 = time.perf_counter()
     total = len(manifest.images)
     with click.progressbar(length=total, label="cache-cues", show_pos=True, show_eta=True,
                            file=sys.stderr) as bar:
         bar.update(done_images)
-        jobs = (delayed(_run_shard)(str(manifest.path), proposals, s, parts_dir, params)
+        jobs = (delayed(_run_shard)(str(manifest.path), source, s, parts_dir, params)
                 for s in todo)
         for _, k, _ in Parallel(n_jobs=workers, return_as="generator_unordered")(jobs):
             bar.update(k)
@@ -181,5 +184,5 @@ def cache_cues(manifest_path, proposals: str, out, workers: int = 1, shard_size:
     rate = (total - done_images) / compute_s if compute_s > 0 and total > done_images else 0.0
     log(f"cache-cues: wrote {out}: {summary['images']} images, {summary['proposals']} proposals, "
         f"{summary['bank_masks']} GrabCut masks; {summary['computed_images']} images computed in "
-        f"{compute_s:.1f} s ({rate:.2f} img/s)")
+        f"{compute_s:.1f} s ({rate:.2f} img/s); proposal boxes read as {source.convention()}")
     return summary

@@ -15,30 +15,27 @@ from .store import STATUS_NAMES, CueStore
 
 
 def gt_instances(manifest, img: dict):
-    """GT of one image: ``(boxes float32 [G,4] x1y1x2y2, masks bool [G,H,W], category ids [G])``,
-    crowd regions left out."""
+    """GT of one image: ``(boxes float32 [G,4] x1y1x2y2, masks bool [G,H,W], category ids [G],
+    has_mask bool [G])``, crowd regions left out; a box-only instance (no ``segmentation``) has
+    an empty mask and ``has_mask`` False."""
+    from ..evaluation.coco import any_to_rle
     from pycocotools import mask as mask_utils
 
     H, W = int(img["height"]), int(img["width"])
-    boxes, masks, cats = [], [], []
+    boxes, masks, cats, has = [], [], [], []
     for a in manifest.annotations_of(img["id"]):
         if a.get("iscrowd", 0):
             continue
-        seg = a["segmentation"]
-        if isinstance(seg, list):
-            rle = mask_utils.merge(mask_utils.frPyObjects(seg, H, W))
-        elif isinstance(seg, dict) and isinstance(seg.get("counts"), list):
-            rle = mask_utils.frPyObjects(seg, H, W)
-        else:
-            rle = dict(seg)
-            if isinstance(rle["counts"], str):
-                rle["counts"] = rle["counts"].encode()
-        masks.append(mask_utils.decode(rle).astype(bool))
+        seg = a.get("segmentation")
+        has.append(bool(seg))
+        masks.append(mask_utils.decode(any_to_rle(seg, H, W)).astype(bool) if seg
+                     else np.zeros((H, W), bool))
         x, y, w, h = a["bbox"]
         boxes.append([x, y, x + w, y + h])
         cats.append(a["category_id"])
     return (np.asarray(boxes, np.float32).reshape(-1, 4),
-            np.asarray(masks, bool).reshape(-1, H, W), np.asarray(cats, np.int64))
+            np.asarray(masks, bool).reshape(-1, H, W), np.asarray(cats, np.int64),
+            np.asarray(has, bool))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -108,7 +105,9 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     unless ``online`` is False) run on the box itself. For each: mean and median IoU with the GT
     mask, the fraction of empty (< 2 % of the box) and full (> 98 %) masks, ms per box, and the
     mean IoU by COCO size (small < 32^2 < medium < 96^2 < large, GT mask area) and over the
-    instances whose GT box has at least 32^2 px.
+    instances whose GT box has at least 32^2 px. Box-only GT instances (no ``segmentation``)
+    count in recall (sized by their box area) and not in the seed-mask rows;
+    ``seed_masks_note`` says so (``seed_masks`` is None when no instance has a mask).
     """
     manifest = load_manifest(manifest_path)
     store = CueStore(cues_path)
@@ -129,14 +128,14 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     rows = {(name, on): [] for name in names for on in ("matched", "gt")}
     seconds = {name: 0.0 for name in names}
     timed = {name: 0 for name in names}
-    evaluated = 0
+    evaluated, no_mask = 0, 0
     for img in manifest.images:
         c = store.get(img["id"], with_segments=store.has_segments)
         cov.append(c.coverage)
         status.append(c.bank_status)
         if not manifest.has_gt or (max_images is not None and evaluated >= max_images):
             continue
-        gt_boxes, gt_masks, _ = gt_instances(manifest, img)
+        gt_boxes, gt_masks, _, has_mask = gt_instances(manifest, img)
         if len(gt_boxes) == 0:
             continue
         evaluated += 1
@@ -144,11 +143,18 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         best = ious.argmax(1)
         best_ious.append(ious.max(1))
         H, W = c.height, c.width
+        box_areas = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+        areas += [int(gt_masks[g].sum()) if has_mask[g] else float(box_areas[g])
+                  for g in range(len(gt_boxes))]
+        no_mask += int((~has_mask).sum())
+        if not has_mask.any():
+            continue  # box-only GT: recall only, seed-mask IoU needs GT masks
         image = read_image(manifest.image_path(img), img["id"])
         for g, p in enumerate(best):
+            if not has_mask[g]:
+                continue
             area = int(gt_masks[g].sum())
-            big = float((gt_boxes[g, 2] - gt_boxes[g, 0]) * (gt_boxes[g, 3] - gt_boxes[g, 1])) >= 32 ** 2
-            areas.append(area)
+            big = float(box_areas[g]) >= 32 ** 2
             b = c.bank_row[p]
             cut = _box_mask(c.boxes[p], H, W)
             # the trainer's ways (cues.reproject): cut = pasted at the representative's box, read
@@ -199,6 +205,15 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
         for name, lo, hi in SIZES for sel in [(areas >= lo) & (areas < hi)]}
     big = areas >= 32 ** 2
     rep["recall"]["iou_0.5_ge_32px"] = float((bi[big] >= 0.5).mean()) if big.any() else None
+    rep["gt"]["instances_without_mask"] = no_mask
+    if not rows["cached", "matched"]:
+        rep["seed_masks"] = None
+        rep["seed_masks_note"] = (f"seed-mask IoU needs GT masks: none of the {len(bi)} GT "
+                                  f"instances has one (box-only annotations)")
+        return rep
+    if no_mask:
+        rep["seed_masks_note"] = (f"seed-mask IoU over the {len(bi) - no_mask} of {len(bi)} GT "
+                                  f"instances with GT masks ({no_mask} box-only)")
     table = {}
     for (name, on), rs in rows.items():
         if not rs:
@@ -270,7 +285,11 @@ def format_report(rep: dict) -> str:
                  f"@0.7 {r['iou_0.7']:.1%}, mean best IoU {r['mean_best_iou']:.3f}; @0.5 by size: "
                  + ", ".join(f"{k} {v['iou_0.5']:.1%} ({v['n']})"
                              for k, v in rep["recall_by_size"].items() if v["n"]))
+        if rep.get("seed_masks_note"):
+            L.append(f"  {rep['seed_masks_note']}")
         s = rep["seed_masks"]
+        if s is None:
+            return "\n".join(L)
         line = f"  seed-mask IoU vs GT (matched proposal): cached {s['cached_mask_iou']:.3f}"
         if "online_mask_iou" in s:
             line += (f", online (authors') {s['online_mask_iou']:.3f}; ms/box cached "

@@ -1,9 +1,13 @@
 """COCO instances json -> manifest.
 
 ``root/annotations/instances_<split>.json`` with images in ``root/<split>/`` (``train2017``,
-``val2017``, ``train2014``, ``val2014``; ``file_name`` is relative to that folder). Annotations are
-kept as they are (polygons, RLE and crowd regions all work with pycocotools); each image gets
-``labels`` = the sorted category ids of all its annotations, crowd ones included.
+``val2017``, ``train2014``, ``val2014``; ``file_name`` is relative to that folder), or Roboflow's
+export: ``root/<split>/_annotations.coco.json`` beside the images (``train``, ``valid``,
+``test``). Annotations are kept as they are (polygons, RLE and crowd regions all work with
+pycocotools) after the checks of :mod:`.coco_checks` (placeholder category, duplicate names,
+boxes leaving the image or disagreeing with their segmentation); one with an empty
+``segmentation`` is box-only GT. Each image gets ``labels`` = the sorted category ids of all its
+annotations, crowd ones included.
 """
 from __future__ import annotations
 
@@ -12,7 +16,22 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..io import read_data_file
+from .coco_checks import check_bbox, drop_placeholders
 from .masks import choose_subset, progress_iter
+
+
+def find_coco_split(root: Path, split: str) -> tuple[Path, Path]:
+    """``(annotation json, image folder)`` of a split, in COCO's layout or Roboflow's."""
+    official = root / "annotations" / f"instances_{split}.json"
+    roboflow = root / split / "_annotations.coco.json"
+    ann_path = official if official.is_file() or not roboflow.is_file() else roboflow
+    if not ann_path.is_file():
+        raise DataError(f"COCO split {split!r}: annotation file {official} not found (nor "
+                        f"Roboflow's {roboflow})")
+    image_dir = root / split
+    if not image_dir.is_dir():
+        raise DataError(f"COCO split {split!r}: image folder {image_dir} not found")
+    return ann_path, image_dir
 
 
 def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
@@ -26,12 +45,7 @@ def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
     if not root.is_dir():
         raise DataError(f"COCO root {root}: directory not found")
     root = root.resolve()
-    ann_path = root / "annotations" / f"instances_{split}.json"
-    if not ann_path.is_file():
-        raise DataError(f"COCO split {split!r}: annotation file {ann_path} not found")
-    image_dir = root / split
-    if not image_dir.is_dir():
-        raise DataError(f"COCO split {split!r}: image folder {image_dir} not found")
+    ann_path, image_dir = find_coco_split(root, split)
     d = read_data_file(ann_path, "COCO annotation file")
     if not isinstance(d, dict):
         raise DataError(f"COCO annotation file {ann_path}: top level must be a JSON object")
@@ -75,6 +89,9 @@ def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
             raise DataError(f"COCO annotation file {ann_path}: annotation {a.get('id', j)} "
                             f"(image {iid}) has unknown category id {cid}")
         labels[iid].add(cid)
+    used = {a["category_id"] for a in anns}
+    categories, dropped = drop_placeholders(d["categories"], used,
+                                            f"COCO annotation file {ann_path}")
 
     n_listed = len(images)
     if num_images is not None and num_images < n_listed:
@@ -95,8 +112,19 @@ def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
 
     for img in images:
         img["labels"] = sorted(labels[img["id"]])
+    sizes = {img["id"]: (int(img["height"]), int(img["width"])) for img in images}
+    fixed = {"clipped": 0, "replaced": 0, None: 0}
+    for a in anns:
+        fixed[check_bbox(a, *sizes[a["image_id"]], f"COCO annotation file {ann_path}")] += 1
+    n_box = sum(1 for a in anns if not a.get("segmentation"))
     n_crowd = sum(1 for a in anns if a.get("iscrowd", 0))
-    notes = []
+    notes = [f"{len(dropped)} placeholder categories dropped"
+             + "".join(f" (id {c['id']} {c['name']!r}: supercategory 'none', unused)"
+                       for c in dropped)
+             + f", {fixed['clipped']} bboxes clipped to the image, {fixed['replaced']} replaced "
+             f"by their segmentation's extent (IoU < 0.5)"]
+    if n_box:
+        notes.append(f"{n_box} box-only instances (no segmentation)")
     if len(images) < n_listed:
         notes.append(f"{n_listed - len(images)} of {n_listed} listed images left out "
                      f"(num_images={num_images}, seed={seed})")
@@ -106,4 +134,4 @@ def convert_coco(root: str | os.PathLike, split: str, progress: bool = True,
             "source_annotations": str(ann_path), "notes": notes}
     if isinstance(d.get("info"), dict):
         info["coco_info"] = d["info"]
-    return {"info": info, "images": images, "categories": d["categories"], "annotations": anns}
+    return {"info": info, "images": images, "categories": categories, "annotations": anns}

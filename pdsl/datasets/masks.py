@@ -61,11 +61,12 @@ def _chunk(ctype: bytes, body: bytes) -> bytes:
         ">I", zlib.crc32(ctype + body) & 0xFFFFFFFF)
 
 
-def read_index_png(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
+def read_index_png(path: str | os.PathLike, what: str = "mask", palette=None) -> np.ndarray:
     """Read a label PNG as a 2-D integer array of palette indices / grey values.
 
     Works for palette PNGs (the VOC format), greyscale PNGs (8 or 16 bit) and RGB(A) PNGs drawn
-    with the standard VOC colour map. ``what`` names the file in error messages.
+    with the standard VOC colour map, or with ``palette`` (``[n, 3]`` RGB, index i = colour i;
+    rows of -1 unused: a CVAT labelmap's colours). ``what`` names the file in error messages.
     """
     import cv2
 
@@ -105,7 +106,7 @@ def read_index_png(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
             if arr.dtype != np.uint8:
                 raise DataError(f"{who}: 16-bit colour masks are not supported; "
                                 "save it as a palette or greyscale PNG")
-            arr = _rgb_to_voc_index(arr[..., :3][..., ::-1], who)
+            arr = _rgb_to_index(arr[..., :3][..., ::-1], who, palette)
     else:
         raise DataError(f"{who}: unsupported PNG colour type {ctype}")
     if arr.shape != (height, width):
@@ -113,10 +114,11 @@ def read_index_png(path: str | os.PathLike, what: str = "mask") -> np.ndarray:
     return arr
 
 
-def _rgb_to_voc_index(rgb: np.ndarray, who: str) -> np.ndarray:
-    cmap = voc_colormap().astype(np.int64)
+def _rgb_to_index(rgb: np.ndarray, who: str, palette=None) -> np.ndarray:
+    cmap = (voc_colormap() if palette is None else np.asarray(palette)).astype(np.int64)
     keys = (cmap[:, 0] << 16) | (cmap[:, 1] << 8) | cmap[:, 2]
-    lut = {int(k): i for i, k in enumerate(keys)}
+    lut = {int(k): i for i, k in enumerate(keys) if cmap[i].min() >= 0}
+    where = "VOC colour map" if palette is None else "labelmap.txt"
     px = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
     uniq, inv = np.unique(px, return_inverse=True)
     out = np.empty(len(uniq), dtype=np.uint8)
@@ -124,7 +126,9 @@ def _rgb_to_voc_index(rgb: np.ndarray, who: str) -> np.ndarray:
         if int(k) not in lut:
             r, g, b = int(k) >> 16, (int(k) >> 8) & 255, int(k) & 255
             raise DataError(f"{who}: colour mask has colour RGB({r},{g},{b}) that is not in the "
-                            "VOC colour map; save masks as palette or greyscale PNGs of indices")
+                            f"{where}; save masks as palette or greyscale PNGs of indices"
+                            + ("" if palette is not None else " (a CVAT export: keep its "
+                               "labelmap.txt beside JPEGImages/)"))
         out[j] = lut[int(k)]
     return out[inv.reshape(px.shape)]
 

@@ -1,23 +1,26 @@
-"""PASCAL VOC 2012 (+ SBD augmentation) -> manifest.
+"""PASCAL VOC 2012 (+ SBD augmentation) and VOC-layout exports of annotation tools -> manifest.
 
-Splits:
+Splits: any name with a list file ``ImageSets/Segmentation/<split>.txt`` or, failing that,
+``ImageSets/Main/<split>.txt`` (VOC's ``train``/``val``/``trainval``, CVAT's ``default``, ...), and
 
-* ``val``       -- ``ImageSets/Segmentation/val.txt`` (1,449 images), VOC masks.
-* ``train``     -- ``ImageSets/Segmentation/train.txt`` (1,464 images), VOC masks.
-* ``trainval``  -- ``ImageSets/Segmentation/trainval.txt``, VOC masks.
 * ``train_aug`` -- (SBD train | SBD val | VOC seg train) - VOC seg val (10,582 images on the real
   data). Instance masks come from SBD ``inst/<name>.mat`` where SBD has the image, else from VOC
   ``SegmentationObject``. Needs ``sbd_root``.
 
 VOC instance masks: ``SegmentationObject/<name>.png`` (palette index = instance id 1..N, 0
-background, 255 void) and ``SegmentationClass/<name>.png`` (index = class 1..20, 255 void); an
-instance's class is the majority class over its pixels, ignoring 0 and 255. SBD:
-``GTinst.Segmentation`` (instance map) and ``GTinst.Categories`` (class of instance i at i-1).
+background, 255 void; or RGB in the VOC colour map) and ``SegmentationClass/<name>.png`` (index =
+class 1..20, 255 void); an instance's class is the majority class over its pixels, ignoring 0 and
+255. With a ``labelmap.txt`` beside ``JPEGImages/`` (CVAT), the classes are its labels and the
+class masks its colours (:mod:`.voc_tools`). An image without a ``SegmentationObject`` PNG but with
+``Annotations/<name>.xml`` (labelImg, CVAT "PASCAL VOC 1.1") gives box-only GT: its objects'
+boxes, no masks. The classes of an XML-only export without labelmap are VOC's when every object
+name is one, else the sorted object names of all its XML files.
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +28,11 @@ import numpy as np
 from ..errors import DataError
 from .masks import (choose_subset, instances_from_map, jpeg_size, mask_annotation, progress_iter,
                     read_index_png)
+from .sbd import VOC_CLASSES, find_sbd_root, sbd_instances
+from .voc_tools import (box_annotation, class_lut, labelmap_classes, labelmap_palette,
+                        read_labelmap, read_voc_xml, xml_class_names)
 
-VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
-               "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant",
-               "sheep", "sofa", "train", "tvmonitor")
-
+#: VOC's own split names (any other name with a list file works too)
 VOC_SPLITS = ("train", "val", "trainval", "train_aug")
 
 
@@ -46,18 +49,6 @@ def find_voc_root(root: str | os.PathLike) -> Path:
             return cand.resolve()
     raise DataError(f"VOC root {root}: no JPEGImages/ here nor in VOC2012/ -- pass the VOC2012 "
                     "folder or the VOCdevkit folder that contains it")
-
-
-def find_sbd_root(sbd: str | os.PathLike) -> Path:
-    """The SBD ``dataset`` folder (with ``inst/``, ``cls/``, ``train.txt``, ``val.txt``)."""
-    sbd = Path(sbd).expanduser()
-    if not sbd.is_dir():
-        raise DataError(f"SBD root {sbd}: directory not found")
-    for cand in (sbd, sbd / "dataset", sbd / "benchmark_RELEASE" / "dataset"):
-        if (cand / "inst").is_dir():
-            return cand.resolve()
-    raise DataError(f"SBD root {sbd}: no inst/ folder here nor in dataset/ -- pass "
-                    "benchmark_RELEASE/dataset or benchmark_RELEASE")
 
 
 def read_list(path: Path, what: str) -> list[str]:
@@ -119,98 +110,56 @@ def find_image(voc: Path, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------------------------
-# SBD .mat files
-# --------------------------------------------------------------------------------------------
-def _unwrap(x):
-    while isinstance(x, np.ndarray) and x.dtype == object and x.size == 1:
-        x = x.reshape(-1)[0]
-    return x
-
-
-def _field(struct, name: str):
-    """Field ``name`` of a MATLAB struct as loaded by scipy (mat_struct, record array or dict)."""
-    struct = _unwrap(struct)
-    if isinstance(struct, dict):
-        return struct.get(name)
-    if isinstance(struct, np.ndarray) and struct.dtype.names is not None:
-        if name not in struct.dtype.names or struct.size == 0:
-            return None
-        return _unwrap(struct.reshape(-1)[0][name])
-    if isinstance(struct, np.void) and struct.dtype.names is not None:
-        return _unwrap(struct[name]) if name in struct.dtype.names else None
-    return getattr(struct, name, None)
-
-
-def load_mat_struct(path: Path, key: str, fields: tuple[str, ...], image: str) -> dict:
-    """``{field: ndarray}`` of struct ``key`` in a .mat file; one DataError for anything wrong."""
-    who = f"image {image}: {path}"
-    if not path.is_file():
-        raise DataError(f"{who}: file not found")
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path), squeeze_me=True, struct_as_record=False)
-    except NotImplementedError:  # MATLAB v7.3 (HDF5)
-        return _load_mat73(path, key, fields, who)
-    except Exception as e:  # scipy raises several types for corrupt files
-        raise DataError(f"{who}: not a readable .mat file ({type(e).__name__}: {e})") from None
-    if key not in mat:
-        found = sorted(k for k in mat if not k.startswith("__"))
-        raise DataError(f"{who}: no '{key}' struct in the .mat file (found {found})")
-    out = {}
-    for f in fields:
-        v = _field(mat[key], f)
-        if v is None:
-            raise DataError(f"{who}: struct '{key}' has no field '{f}'")
-        out[f] = np.asarray(v)
-    return out
-
-
-def _load_mat73(path, key, fields, who):
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as h:
-            if key not in h:
-                raise DataError(f"{who}: no '{key}' struct in the .mat file (found {sorted(h)})")
-            out = {}
-            for f in fields:
-                if f not in h[key]:
-                    raise DataError(f"{who}: struct '{key}' has no field '{f}'")
-                out[f] = np.asarray(h[key][f]).T  # MATLAB is column-major
-            return out
-    except OSError as e:
-        raise DataError(f"{who}: not a readable .mat file ({e})") from None
-
-
-def _as_map(arr, who: str, what: str) -> np.ndarray:
-    arr = np.asarray(arr)
-    if arr.ndim != 2 or arr.size == 0 or not (np.issubdtype(arr.dtype, np.integer)
-                                              or np.issubdtype(arr.dtype, np.floating)
-                                              or arr.dtype == bool):
-        raise DataError(f"{who}: {what} must be a 2-D numeric map, got shape {arr.shape} "
-                        f"dtype {arr.dtype}")
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)) or arr.min() < 0:
-            raise DataError(f"{who}: {what} has non-integer values")
-    return arr.astype(np.int64) if arr.dtype != np.uint8 else arr
-
-
-# --------------------------------------------------------------------------------------------
 # per-image conversion
 # --------------------------------------------------------------------------------------------
-def _voc_instances(voc: Path, name: str):
+@dataclass(frozen=True)
+class Layout:
+    """How one VOC-layout folder encodes classes (picklable, for joblib workers)."""
+
+    classes: tuple
+    palette: object = None          # labelmap colours ([256, 3]) for RGB class masks, or None
+    lut: object = None              # class mask index -> class id (labelmap), or None (VOC)
+    source: str = "VOC"
+
+    @property
+    def class_id(self) -> dict:
+        return {n: i + 1 for i, n in enumerate(self.classes)}
+
+
+def voc_layout(voc: Path) -> Layout:
+    """Classes and mask colours of a VOC-layout folder (see the module docstring)."""
+    lm = voc / "labelmap.txt"
+    if lm.is_file():
+        labels = read_labelmap(lm)
+        return Layout(tuple(labelmap_classes(labels)), labelmap_palette(labels), class_lut(labels),
+                      f"labelmap {lm}")
+    if not (voc / "SegmentationObject").is_dir() and (voc / "Annotations").is_dir():
+        names = xml_class_names(voc)
+        if names and not set(names) <= set(VOC_CLASSES):
+            return Layout(tuple(names), source=f"object names of {voc / 'Annotations'}")
+    return Layout(VOC_CLASSES)
+
+
+def _voc_instances(voc: Path, name: str, layout: Layout):
     obj_path = voc / "SegmentationObject" / f"{name}.png"
     cls_path = voc / "SegmentationClass" / f"{name}.png"
     obj = read_index_png(obj_path, f"image {name}: instance mask")
-    cls = read_index_png(cls_path, f"image {name}: class mask")
+    cls = read_index_png(cls_path, f"image {name}: class mask", palette=layout.palette)
     if obj.shape != cls.shape:
         raise DataError(f"image {name}: {obj_path} is {obj.shape[1]}x{obj.shape[0]} but "
                         f"{cls_path} is {cls.shape[1]}x{cls.shape[0]}")
-    bad = np.setdiff1d(np.unique(cls), [0, 255, *range(1, len(VOC_CLASSES) + 1)])
+    n = len(layout.classes)
+    if layout.lut is not None:
+        raw = cls
+        bad = np.unique(raw[(raw > 255) | (layout.lut[np.clip(raw, 0, 255)] < 0)])
+        if bad.size:
+            raise DataError(f"image {name}: {cls_path} has indices {bad.tolist()} that no line "
+                            f"of labelmap.txt has")
+        cls = layout.lut[raw]
+    bad = np.setdiff1d(np.unique(cls), [0, 255, *range(1, n + 1)])
     if bad.size:
         raise DataError(f"image {name}: {cls_path} has class indices {bad.tolist()} outside "
-                        f"0..{len(VOC_CLASSES)} and 255")
+                        f"0..{n} and 255")
     insts, dropped = [], 0
     for v, m in instances_from_map(obj):
         counts = np.bincount(cls[m].ravel(), minlength=256)
@@ -222,44 +171,60 @@ def _voc_instances(voc: Path, name: str):
     return obj.shape, insts, dropped, str(obj_path)
 
 
-def _sbd_instances(sbd: Path, name: str):
-    path = sbd / "inst" / f"{name}.mat"
-    who = f"image {name}: {path}"
-    st = load_mat_struct(path, "GTinst", ("Segmentation", "Categories"), name)
-    seg = _as_map(st["Segmentation"], who, "GTinst.Segmentation")
-    cats = np.atleast_1d(np.asarray(st["Categories"])).reshape(-1)
-    try:
-        cats = cats.astype(np.int64)
-    except (TypeError, ValueError):
-        raise DataError(f"{who}: GTinst.Categories is not numeric") from None
-    insts = []
-    for v, m in instances_from_map(seg, ignore=(0, 255)):
-        if v > len(cats):
-            raise DataError(f"{who}: instance id {v} in GTinst.Segmentation but GTinst.Categories "
-                            f"lists only {len(cats)} instances")
-        c = int(cats[v - 1])
-        if not 1 <= c <= len(VOC_CLASSES):
-            raise DataError(f"{who}: instance {v} has category {c}, outside 1..{len(VOC_CLASSES)}")
-        insts.append((m, c))
-    return seg.shape, insts, 0, str(path)
+def _xml_boxes(voc: Path, name: str, layout: Layout):
+    path = voc / "Annotations" / f"{name}.xml"
+    x = read_voc_xml(path, name)
+    ids = layout.class_id
+    for o in x["objects"]:
+        if o["name"] not in ids:
+            raise DataError(f"image {name}: {path}: object class {o['name']!r} is not one of the "
+                            f"classes ({layout.source}: {', '.join(layout.classes)})")
+    return x["size"], [(o["box"], ids[o["name"]], o["difficult"]) for o in x["objects"]], str(path)
+
+
+def _image_size(path: Path, name: str):
+    js = jpeg_size(path)
+    if js is not None:
+        return js
+    import cv2
+
+    im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if im is None:
+        raise DataError(f"image {name}: {path}: cannot decode the image")
+    return im.shape[:2]
 
 
 def convert_voc_image(voc: Path, name: str, sbd: Path | None = None,
-                      image_id: int | None = None) -> dict:
-    """One image -> ``{"image": ..., "annotations": [...], "dropped": n, "source": "voc"|"sbd"}``.
+                      image_id: int | None = None, layout: Layout | None = None) -> dict:
+    """One image -> ``{"image": ..., "annotations": [...], "dropped": n, "source":
+    "voc"|"sbd"|"xml"}``.
 
-    Uses SBD masks when ``sbd`` is given, else VOC masks. Annotations have no ``id`` yet.
-    ``image_id``: from :func:`assign_image_ids` (default: the authors' id of a VOC name).
+    Uses SBD masks when ``sbd`` is given, else VOC masks, else (no SegmentationObject PNG)
+    ``Annotations/<name>.xml`` boxes. Annotations have no ``id`` yet. ``image_id``: from
+    :func:`assign_image_ids` (default: the authors' id of a VOC name).
     """
     if image_id is None:
         image_id = image_id_of(name)
+    layout = layout or Layout(VOC_CLASSES)
     jpg = find_image(voc, name)
-    if sbd is not None:
-        shape, insts, dropped, mask_path = _sbd_instances(sbd, name)
-    else:
-        shape, insts, dropped, mask_path = _voc_instances(voc, name)
-    h, w = int(shape[0]), int(shape[1])
     js = jpeg_size(jpg)
+    xml = voc / "Annotations" / f"{name}.xml"
+    if sbd is None and not (voc / "SegmentationObject" / f"{name}.png").is_file() \
+            and xml.is_file():
+        size, boxes, mask_path = _xml_boxes(voc, name, layout)
+        h, w = size if size is not None else _image_size(jpg, name)
+        if js is not None and js != (h, w):
+            raise DataError(f"image {name}: JPEG {jpg} is {js[1]}x{js[0]} but {mask_path} says "
+                            f"{w}x{h}")
+        anns = [box_annotation(b, image_id, c, d, h, w) for b, c, d in boxes]
+        img = {"id": image_id, "file_name": jpg.name, "height": int(h), "width": int(w),
+               "labels": sorted({c for _, c, _ in boxes})}
+        return {"image": img, "annotations": anns, "dropped": 0, "source": "xml"}
+    if sbd is not None:
+        shape, insts, dropped, mask_path = sbd_instances(sbd, name)
+    else:
+        shape, insts, dropped, mask_path = _voc_instances(voc, name, layout)
+    h, w = int(shape[0]), int(shape[1])
     if js is not None and js != (h, w):
         raise DataError(f"image {name}: JPEG {jpg} is {js[1]}x{js[0]} but its mask {mask_path} "
                         f"is {w}x{h}")
@@ -273,14 +238,26 @@ def convert_voc_image(voc: Path, name: str, sbd: Path | None = None,
 # --------------------------------------------------------------------------------------------
 # split
 # --------------------------------------------------------------------------------------------
+def split_list(voc: Path, split: str) -> Path:
+    """The list file of ``split``: ``ImageSets/Segmentation/<split>.txt``, else ``Main/``."""
+    for sub in ("Segmentation", "Main"):
+        p = voc / "ImageSets" / sub / f"{split}.txt"
+        if p.is_file():
+            return p
+    found = sorted({p.stem for sub in ("Segmentation", "Main")
+                    for p in (voc / "ImageSets" / sub).glob("*.txt") if "_" not in p.stem
+                    or sub == "Segmentation"})
+    raise DataError(f"VOC split {split!r}: unknown, no list file {voc / 'ImageSets/Segmentation'}/"
+                    f"{split}.txt nor ImageSets/Main/{split}.txt; splits here: "
+                    f"{', '.join(found) or 'none'} (and train_aug with --sbd)")
+
+
 def voc_split_names(voc: Path, split: str, sbd: Path | None) -> list[tuple[str, bool]]:
     """``[(name, use_sbd)]`` sorted by name for a split."""
     seg_dir = voc / "ImageSets" / "Segmentation"
-    if split in ("train", "val", "trainval"):
-        names = read_list(seg_dir / f"{split}.txt", f"VOC {split} list")
-        return [(n, False) for n in sorted(set(names))]
     if split != "train_aug":
-        raise DataError(f"VOC split {split!r}: unknown; choose one of {', '.join(VOC_SPLITS)}")
+        names = read_list(split_list(voc, split), f"VOC {split} list")
+        return [(n, False) for n in sorted(set(names))]
     if sbd is None:
         raise DataError("VOC split 'train_aug' needs the SBD dataset: pass --sbd "
                         "benchmark_RELEASE/dataset (or benchmark_RELEASE)")
@@ -295,30 +272,30 @@ def voc_split_names(voc: Path, split: str, sbd: Path | None) -> list[tuple[str, 
 def convert_voc(root: str | os.PathLike, split: str, sbd_root: str | os.PathLike | None = None,
                 n_jobs: int = 1, progress: bool = True, num_images: int | None = None,
                 seed: int = 0) -> dict:
-    """Convert a VOC 2012 split (optionally SBD-augmented) to a manifest dict (not yet saved).
+    """Convert a VOC-layout split (optionally SBD-augmented) to a manifest dict (not yet saved).
 
     ``num_images`` keeps a seeded random subset of the split (for quick runs); ``n_jobs > 1``
     converts images in parallel with joblib. ``info["notes"]`` feeds the summary line.
     """
-    if split not in VOC_SPLITS:
-        raise DataError(f"VOC split {split!r}: unknown; choose one of {', '.join(VOC_SPLITS)}")
     voc = find_voc_root(root)
     sbd = find_sbd_root(sbd_root) if sbd_root is not None else None
     entries = voc_split_names(voc, split, sbd if split == "train_aug" else None)
     if not entries:
         raise DataError(f"VOC split {split!r} under {voc}: the image list is empty")
+    layout = voc_layout(voc)
     n_listed = len(entries)
     ids = assign_image_ids(name for name, _ in entries)
     entries = [entries[i] for i in choose_subset(n_listed, num_images, seed)]
 
     jobs = [(name, sbd if use_sbd else None, ids[name]) for name, use_sbd in entries]
-    results = _run_jobs(voc, jobs, n_jobs, progress, f"voc {split}")
+    results = _run_jobs(voc, jobs, n_jobs, progress, f"voc {split}", layout)
 
-    images, anns, dropped, n_sbd = [], [], 0, 0
+    images, anns, dropped = [], [], 0
+    sources = {"sbd": 0, "voc": 0, "xml": 0}
     for r in results:
         images.append(r["image"])
         dropped += r["dropped"]
-        n_sbd += r["source"] == "sbd"
+        sources[r["source"]] += 1
         for a in r["annotations"]:
             a["id"] = len(anns) + 1
             anns.append(a)
@@ -327,12 +304,18 @@ def convert_voc(root: str | os.PathLike, split: str, sbd_root: str | os.PathLike
         notes.append(f"{n_listed - len(entries)} of {n_listed} listed images left out "
                      f"(num_images={num_images}, seed={seed})")
     if split == "train_aug":
-        notes.append(f"masks: {n_sbd} from SBD, {len(images) - n_sbd} from VOC")
+        notes.append(f"masks: {sources['sbd']} from SBD, {sources['voc']} from VOC")
+    if sources["xml"]:
+        n_box = sum(1 for a in anns if "segmentation" not in a)
+        notes.append(f"{sources['xml']} images with boxes only (Annotations/*.xml, no "
+                     f"SegmentationObject PNG): {n_box} box-only instances")
+    if layout.source != "VOC":
+        notes.append(f"{len(layout.classes)} classes from the {layout.source}")
     if dropped:
         notes.append(f"{dropped} instances dropped (no class pixels under them in "
                      "SegmentationClass)")
-    info = {"dataset": "voc2012", "split": split, "format": "voc",
-            "image_root": str(voc / "JPEGImages"), "source_root": str(voc)}
+    info = {"dataset": "voc2012" if layout.classes == VOC_CLASSES else voc.name, "split": split,
+            "format": "voc", "image_root": str(voc / "JPEGImages"), "source_root": str(voc)}
     if split == "train_aug":
         info["sbd_root"] = str(sbd)
     info["notes"] = notes
@@ -340,17 +323,17 @@ def convert_voc(root: str | os.PathLike, split: str, sbd_root: str | os.PathLike
         "info": info,
         "images": images,
         "categories": [{"id": i + 1, "name": n, "supercategory": "voc"}
-                       for i, n in enumerate(VOC_CLASSES)],
+                       for i, n in enumerate(layout.classes)],
         "annotations": anns,
     }
 
 
-def _run_jobs(voc, jobs, n_jobs, progress, label):
+def _run_jobs(voc, jobs, n_jobs, progress, label, layout):
     if n_jobs is None or n_jobs == 1 or len(jobs) < 2:
-        gen = (convert_voc_image(voc, name, s, i) for name, s, i in jobs)
+        gen = (convert_voc_image(voc, name, s, i, layout) for name, s, i in jobs)
     else:
         from joblib import Parallel, delayed
 
         gen = Parallel(n_jobs=n_jobs, return_as="generator", batch_size=16)(
-            delayed(convert_voc_image)(voc, name, s, i) for name, s, i in jobs)
+            delayed(convert_voc_image)(voc, name, s, i, layout) for name, s, i in jobs)
     return list(progress_iter(gen, len(jobs), label, enabled=progress))

@@ -12,7 +12,7 @@ import torch
 from ..config import config_from_dict
 from ..errors import ConfigError, DataError, PDSLError
 from .inference import TestParams, predict_image
-from ..io import read_image, write_json_atomic
+from ..io import json_safe, read_image, write_json_atomic
 from ..manifest import load_manifest
 
 
@@ -112,12 +112,7 @@ REPORT_SAMPLES = 6
 
 def subset_manifest(manifest, images):
     """The manifest restricted to ``images`` (and their annotations)."""
-    from ..manifest import Manifest
-
-    keep = {i["id"] for i in images}
-    return Manifest(path=manifest.path, info=manifest.info, images=list(images),
-                    categories=manifest.categories,
-                    annotations=[a for a in manifest.annotations if a["image_id"] in keep])
+    return manifest.subset(images)
 
 
 def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "eval"):
@@ -153,19 +148,6 @@ def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "ev
     metrics = ev.evaluate()
     ev.reset()  # closes the temporary files of the per-detection rows
     return metrics, kept
-
-
-def json_safe(obj):
-    """NaN/inf (metrics with no GT to score) -> None, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
 
 
 def _open_split(manifest, cues):
@@ -208,9 +190,11 @@ def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto"
                                    "image_scores": p["class_scores"]})
         m = ev.evaluate()
         step = int(torch.load(ck, map_location="cpu", weights_only=True)["step"])
-        row = {"step": step, "mask_AP50": m["segm"]["AP50"], "box_AP50": m["bbox"]["AP50"],
+        row = {"step": step, "mask_AP50": m.get("segm", {}).get("AP50"),
+               "box_AP50": m["bbox"]["AP50"],
                "cls_mAP": m["classification"]["mAP"], "images": len(images)}
-        click.echo(f"ap-curve: step {step}: mask AP50 {row['mask_AP50']:.1f}, box AP50 "
+        mask50 = float("nan") if row["mask_AP50"] is None else row["mask_AP50"]
+        click.echo(f"ap-curve: step {step}: mask AP50 {mask50:.1f}, box AP50 "
                    f"{row['box_AP50']:.1f}, classification mAP {row['cls_mAP']:.1f}", err=True)
         lines.append(json.dumps(json_safe(row)))
     out = Path(run_dir) / "ap_curve.jsonl"

@@ -260,7 +260,8 @@ def _check_parts(parts: Path, stamp: dict) -> None:
 
 
 def _assemble(out: Path, parts: Path, manifest, chunks, stamp: dict) -> dict:
-    quality = QualityCounter() if manifest.has_gt else None
+    masked = manifest.mask_coverage()["images"]      # mask IoU needs GT masks: box-only GT left out
+    quality = QualityCounter() if manifest.has_gt and masked else None
     n = 0
     with atomic_path(out) as tmp, open(tmp, "w") as f:
         f.write('{"info": ' + json.dumps({"description": "PDSL pseudo labels", **stamp}))
@@ -277,7 +278,7 @@ def _assemble(out: Path, parts: Path, manifest, chunks, stamp: dict) -> dict:
                 f.write(("\n" if n == 1 else ",\n") + json.dumps(a))
                 by_image.setdefault(a["image_id"], []).append(a)
             if quality is not None:
-                for img in chunk:
+                for img in (i for i in chunk if i["id"] in masked):
                     quality.add(by_image.get(img["id"], []), manifest.annotations_of(img["id"]),
                                 int(img["height"]), int(img["width"]))
         f.write("\n]}\n")

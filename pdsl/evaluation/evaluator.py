@@ -28,6 +28,9 @@ PROTOCOLS = {
     "voc_mAP@t": "mean over classes of VOC AP at IoU t: area under the monotone "
                  "precision-recall curve, chainercv eval_instance_segmentation_voc matching "
                  "(IRN, BESTIE, CIM)",
+    "voc07_mAP@t": "mean over classes of VOC 2007 11-point interpolated AP at IoU t (mean of "
+                   "the highest precision at recall >= 0, 0.1, ..., 1), the same matching "
+                   "(py-faster-rcnn voc_eval use_07_metric: wetectron, OICR, PCL)",
     "CorLoc": "PASCAL correct localisation of the top box per (image, class), IoU 0.5",
 }
 
@@ -73,6 +76,12 @@ class Evaluator:
         self.voc_thresholds = check_thresholds(voc_thresholds)
         self.keep_results = bool(keep_results)
         self._rank = {i: n for n, i in enumerate(sorted(self.manifest.image_by_id))}
+        cov = self.manifest.mask_coverage()
+        self._mask_images = cov["images"]
+        #: mask metrics skip box-only GT: {"instances": n, "images": m} (None when nothing skipped)
+        self.mask_skipped = ({"instances": cov["skipped_instances"],
+                              "images": cov["skipped_images"],
+                              "reason": "no GT masks"} if cov["skipped_instances"] else None)
         self._gt: dict = {}                      # iou type -> COCO of the manifest (built once)
         self.reset()
 
@@ -90,7 +99,10 @@ class Evaluator:
 
     def _coco(self, iou_type):
         if iou_type not in self._gt:
-            self._gt[iou_type] = gt_coco(self.manifest, iou_type)
+            gt = self.manifest
+            if iou_type == "segm" and self.mask_skipped:   # the images with masks only
+                gt = gt.subset([i for i in gt.images if i["id"] in self._mask_images])
+            self._gt[iou_type] = gt_coco(gt, iou_type)
         return self._gt[iou_type]
 
     def _track(self, iou_type):
@@ -150,7 +162,8 @@ class Evaluator:
             if rles is not None:
                 r["segmentation"] = rles[k]
             records.append(r)
-        for iou_type in ["bbox"] + (["segm"] if rles is not None else []):
+        for iou_type in ["bbox"] + (["segm"] if rles is not None
+                                    and image_id in self._mask_images else []):
             coco_stream, voc = self._track(iou_type)
             coco_stream.add(image_id, records)
             voc_match_image(voc, self._coco(iou_type), image_id, records, iou_type,
@@ -235,7 +248,13 @@ class Evaluator:
              "classification": {"mAP"},                       # only if image_scores were given
              "per_class": {"bbox_AP50": {name: AP}, "bbox_voc_AP50": …, "segm_AP50": …,
                            "CorLoc": …, "cls_AP": …},
-             "num_images": processed, "num_gt_images": manifest images}
+             "num_images": processed, "num_gt_images": manifest images,
+             "mask_metrics_skipped": {"instances", "images", "reason"}}  # box-only GT only
+
+        Mask metrics are scored on the images whose every GT annotation has a mask; box-only
+        annotations (VOC XML, Roboflow boxes) leave their images out of them, and a split with
+        no GT mask at all gets no ``segm`` entry. Box metrics, CorLoc and image-level mAP use
+        every image.
 
         ``mAP@t`` is COCO's 101-point interpolated AP at IoU ``t`` (the PDSL paper's tables);
         ``voc_mAP@t`` is VOC AP, the area under the monotone precision-recall curve with
@@ -249,7 +268,10 @@ class Evaluator:
         out: dict = {"num_images": len(self._seen), "num_gt_images": n_all}
         per_class: dict = {}
         names = {c["id"]: c["name"] for c in self.manifest.categories}
-        for iou_type in ["bbox"] + (["segm"] if self._with_masks else []):
+        with_segm = self._with_masks and bool(self._mask_images)
+        if self._with_masks and self.mask_skipped:
+            out["mask_metrics_skipped"] = dict(self.mask_skipped)
+        for iou_type in ["bbox"] + (["segm"] if with_segm else []):
             coco_stream, voc = self._track(iou_type)
             ev = coco_stream.finish()
             coco_gt = self._coco(iou_type)
@@ -261,6 +283,7 @@ class Evaluator:
                                              for c, ap in per_class_ap(ev, 0.5).items()}
             if 0.5 in voc_ap["per_class"]:
                 per_class[f"{iou_type}_voc_AP50"] = voc_ap["per_class"][0.5]
+                per_class[f"{iou_type}_voc07_AP50"] = voc_ap["per_class_voc07"][0.5]
         loc = corloc_percent(self._corloc_hits, corloc_pairs(self._coco("bbox")),
                              self.manifest.categories)
         out["bbox"]["CorLoc"], per_class["CorLoc"] = loc["CorLoc"], loc["per_class"]

@@ -52,7 +52,7 @@ def draw_predictions(image, boxes, labels, scores, masks, names, alpha=0.45):
 def _gt_panel(image, manifest, img):
     from ..cues.report import gt_instances
 
-    boxes, masks, cats = gt_instances(manifest, img)
+    boxes, masks, cats, _ = gt_instances(manifest, img)
     labels = [manifest.cat_id_to_index[int(c)] for c in cats]
     return draw_predictions(image, boxes, labels, None, masks, manifest.class_names)
 
@@ -143,8 +143,9 @@ def _fmt(v):
 
 
 def metrics_table(metrics: dict) -> str:
-    """COCO metrics and CorLoc, then the VOC protocol both ways, labelled (COCO's 101-point
-    interpolation as in the PDSL paper; VOC AP, area under the PR curve, as IRN/BESTIE/CIM)."""
+    """COCO metrics and CorLoc, then the VOC protocol three ways, labelled (COCO's 101-point
+    interpolation as in the PDSL paper; VOC AP, area under the PR curve, as IRN/BESTIE/CIM;
+    VOC 2007's 11-point AP, as wetectron/OICR/PCL)."""
     cols = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
     lines = ["| | " + " | ".join(cols) + " | CorLoc |", "|---" * (len(cols) + 2) + "|"]
     kinds = [(k, t) for k, t in (("segm", "mask"), ("bbox", "box")) if k in metrics]
@@ -158,11 +159,19 @@ def metrics_table(metrics: dict) -> str:
     for kind, title in kinds:
         m = metrics[kind]
         for prefix, label in (("", "COCO 101-point interp. (PDSL paper)"),
-                              ("voc_", "VOC AP, area under PR (IRN, BESTIE, CIM)")):
+                              ("voc_", "VOC AP, area under PR (IRN, BESTIE, CIM)"),
+                              ("voc07_", "VOC07 11-point (wetectron, OICR, PCL)")):
             if any(f"{prefix}mAP@{t}" in m for t in thr):
                 lines.append(f"| {title}, {label} | "
                              + " | ".join(_fmt(m.get(f"{prefix}mAP@{t}")) for t in thr) + " |")
     return "\n".join(lines)
+
+
+def skipped_line(skipped: dict) -> str:
+    """One line saying which GT the mask metrics left out (box-only annotations)."""
+    return (f"Mask metrics skipped {skipped['instances']} GT instances on {skipped['images']} "
+            f"images: {skipped['reason']} (box-only annotations); box AP, CorLoc and image-level "
+            f"mAP use every image.")
 
 
 def write_report(out_dir: Path, run_dir: Path, manifest, store, preds: dict, metrics: dict,
@@ -206,6 +215,8 @@ def write_report(out_dir: Path, run_dir: Path, manifest, store, preds: dict, met
          f"{metrics.get('seconds_per_image', 0):.2f} s/image.", ""]
     if "bbox" in metrics:
         L += ["## Metrics (%, pycocotools COCOeval)", "", metrics_table(metrics), ""]
+        if metrics.get("mask_metrics_skipped"):
+            L += [skipped_line(metrics["mask_metrics_skipped"]), ""]
         if "classification" in metrics:
             L += [f"Image-level classification mAP: {_fmt(metrics['classification']['mAP'])}", ""]
         per = metrics.get("per_class", {})

@@ -97,25 +97,31 @@ def voc_match_image(acc, coco_gt, image_id, records, iou_type, cat_index, rank) 
 
 
 def voc_ap_metrics(acc, coco_gt, manifest, thresholds) -> dict:
-    """``{"mean": {"voc_mAP@t": percent}, "per_class": {t: {name: percent}}}``."""
+    """``{"mean": {"voc_mAP@t": percent, "voc07_mAP@t": percent}, "per_class": {t: {name:
+    percent}}, "per_class_voc07": {t: {name: percent}}}``: VOC AP as the area under the PR curve
+    and as VOC 2007's 11-point interpolation."""
     n_pos = np.zeros(manifest.num_classes, np.int64)
     for a in coco_gt.dataset["annotations"]:
         if not a.get("iscrowd", 0):
             n_pos[manifest.cat_id_to_index[a["category_id"]]] += 1
-    aps = acc.ap(n_pos)
-    mean, per = {}, {}
-    for t in thresholds:
-        vals = np.asarray(aps[t], np.float64) * 100
-        mean[_voc_key_voc(t)] = mean_defined(vals)
-        per[t] = {n: float(v) for n, v in zip(manifest.class_names, vals)}
-    return {"mean": mean, "per_class": per}
+    mean, out = {}, {}
+    for metric, prefix, key in (("area", "voc_", "per_class"),
+                                ("voc07", "voc07_", "per_class_voc07")):
+        aps = acc.ap(n_pos, metric)
+        out[key] = {}
+        for t in thresholds:
+            vals = np.asarray(aps[t], np.float64) * 100
+            mean[f"{prefix}mAP@{t:g}"] = mean_defined(vals)
+            out[key][t] = {n: float(v) for n, v in zip(manifest.class_names, vals)}
+    return {"mean": mean, **out}
 
 
 def voc_ap_map(gt, results: list[dict], thresholds=VOC_THRESHOLDS, iou_type: str = "segm",
                per_class: bool = False) -> dict:
-    """The VOC protocol with VOC AP (area under the monotone PR curve, chainercv's matching;
-    :mod:`pdsl.evaluation.voc_ap`) from a COCO result list: ``{"voc_mAP@0.25": …, …}`` in percent, plus
-    ``"per_class": {"voc_mAP@0.5": {name: AP}}`` with ``per_class``. Every manifest image
+    """The VOC protocol with VOC AP (chainercv's matching; :mod:`pdsl.evaluation.voc_ap`) from a
+    COCO result list: ``{"voc_mAP@0.25": …, "voc07_mAP@0.25": …}`` in percent (area under the
+    monotone PR curve; VOC 2007's 11-point interpolation), plus ``"per_class": {"voc_mAP@0.5":
+    {name: AP}, "voc07_mAP@0.5": …}`` with ``per_class``. Every manifest image
     counts (an image without results has missed its GT)."""
     from .voc_ap import VOCAccumulator
 
@@ -135,5 +141,6 @@ def voc_ap_map(gt, results: list[dict], thresholds=VOC_THRESHOLDS, iou_type: str
     acc.close()
     out = dict(res["mean"])
     if per_class:
-        out["per_class"] = {_voc_key_voc(t): v for t, v in res["per_class"].items()}
+        out["per_class"] = {**{_voc_key_voc(t): v for t, v in res["per_class"].items()},
+                            **{f"voc07_mAP@{t:g}": v for t, v in res["per_class_voc07"].items()}}
     return out

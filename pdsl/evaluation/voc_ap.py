@@ -41,6 +41,19 @@ def voc_ap(precision, recall) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def voc07_ap(precision, recall) -> float:
+    """PASCAL VOC 2007's 11-point interpolated AP, as a fraction: the mean over recall levels
+    t = 0, 0.1, ..., 1 of the highest precision at recall >= t (0 where recall never reaches t).
+    py-faster-rcnn's ``voc_eval(use_07_metric=True)``, which wetectron, OICR and PCL report."""
+    prec = np.nan_to_num(np.asarray(precision, dtype=np.float64))
+    rec = np.asarray(recall, dtype=np.float64)
+    out = 0.0
+    for t in np.linspace(0.0, 1.0, 11):
+        sel = rec >= t - 1e-12
+        out += float(prec[sel].max()) if sel.any() else 0.0
+    return out / 11.0
+
+
 def match_detections(ious, gt_difficult, thresholds) -> np.ndarray:
     """chainercv's greedy matching of one image and class.
 
@@ -115,8 +128,10 @@ class VOCAccumulator:
         rows["tp"], rows["ignored"] = _bits(m == TP), _bits(m == IGNORED)
         self._rows.append(rows)
 
-    def ap(self, n_pos) -> dict[float, list[float]]:
-        """``{threshold: [AP of class c (fraction, nan without GT)]}``; ``n_pos`` [C]."""
+    def ap(self, n_pos, metric: str = "area") -> dict[float, list[float]]:
+        """``{threshold: [AP of class c (fraction, nan without GT)]}``; ``n_pos`` [C];
+        ``metric``: ``"area"`` (:func:`voc_ap`) or ``"voc07"`` (:func:`voc07_ap`)."""
+        ap_of = {"area": voc_ap, "voc07": voc07_ap}[metric]
         out = {t: [] for t in self.thresholds}
         for c in range(self.num_classes):
             n = int(n_pos[c])
@@ -131,7 +146,7 @@ class VOCAccumulator:
                 tp, fp = np.cumsum(tp_flag), np.cumsum(fp_flag)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     prec = tp / (tp + fp)
-                out[thr].append(voc_ap(prec, tp / n))
+                out[thr].append(ap_of(prec, tp / n))
         return out
 
     def close(self) -> None:

@@ -150,8 +150,36 @@ class ProposalSource:
         if self.max_proposals <= 0:
             raise DataError(f"max_proposals must be positive, got {max_proposals}")
 
+    #: the file's box convention (file readers set it; None: the source computes PDSL's own)
+    box_format: str | None = None
+    box_base: int | None = None
+
     def params(self) -> dict:
-        return {"max_proposals": self.max_proposals, "min_size": self.min_size}
+        p = {"max_proposals": self.max_proposals, "min_size": self.min_size}
+        if self.box_format is not None:
+            p.update(box_format=self.box_format, box_base=self.box_base)
+        return p
+
+    def convention(self) -> str:
+        """How the source's boxes were read, for the summary lines."""
+        if self.box_format is None:
+            return "x1y1x2y2, 0-based continuous (computed)"
+        from .convention import describe_convention
+
+        return describe_convention(self.box_format, self.box_base)
+
+    def _set_convention(self, box_format, box_base, default: tuple[str, int]) -> None:
+        """A file reader's convention: the flags where given, else the file's published one."""
+        from .convention import check_convention
+
+        self.box_format, self.box_base = check_convention(
+            default[0] if box_format is None else box_format,
+            default[1] if box_base is None else box_base, f"proposal source {self.kind}")
+
+    def _to_xyxy(self, boxes):
+        from .convention import to_xyxy
+
+        return to_xyxy(boxes, self.box_format, self.box_base)
 
     def describe(self) -> dict:
         """JSON-able metadata (source kind, path, params) for the cache file's attributes."""
@@ -163,10 +191,17 @@ class ProposalSource:
         raise NotImplementedError
 
     def _sanitize(self, boxes, scores, img: dict, source, return_index=False, dedupe=True):
-        return sanitize_proposals(boxes, scores, img["height"], img["width"], image_id=img["id"],
-                                  source=source, max_proposals=self.max_proposals,
-                                  min_size=self.min_size, dedupe=dedupe,
-                                  return_index=return_index)
+        try:
+            return sanitize_proposals(boxes, scores, img["height"], img["width"],
+                                      image_id=img["id"], source=source,
+                                      max_proposals=self.max_proposals, min_size=self.min_size,
+                                      dedupe=dedupe, return_index=return_index)
+        except DataError as e:
+            if self.box_format is None or "outside" not in str(e) and "inverted" not in str(e):
+                raise
+            from .convention import FLAGS_HINT
+
+            raise DataError(f"{e} [read as {self.convention()}: {FLAGS_HINT}]") from None
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.name}>"

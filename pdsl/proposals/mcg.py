@@ -193,8 +193,9 @@ def boxes_from_segments(superpixels: np.ndarray, labels) -> np.ndarray:
 
 def mcg_to_xyxy(boxes_mat: np.ndarray) -> np.ndarray:
     """1-based inclusive ``[y1 x1 y2 x2]`` -> 0-based continuous ``[x1 y1 x2 y2]``."""
-    b = np.asarray(boxes_mat, dtype=np.float64).reshape(-1, 4)
-    return np.stack([b[:, 1] - 1, b[:, 0] - 1, b[:, 3], b[:, 2]], axis=1)
+    from .convention import to_xyxy
+
+    return to_xyxy(boxes_mat, "y1x1y2x2", 1)
 
 
 def segment_masks(mat_data: dict, boxes_idx, boxes, M: int = 28) -> np.ndarray:
@@ -239,8 +240,10 @@ class MCGSource(ProposalSource):
     kind = "mcg"
 
     def __init__(self, directory, *, segments: bool = True, segment_size: int = 28,
-                 max_proposals: int = 2000, min_size: float = 1.0):
+                 max_proposals: int = 2000, min_size: float = 1.0, box_format=None,
+                 box_base=None):
         super().__init__(max_proposals=max_proposals, min_size=min_size)
+        self._set_convention(box_format, box_base, ("y1x1y2x2", 1))   # MCG's published one
         self.directory = Path(os.path.abspath(directory))
         if not self.directory.is_dir():
             raise DataError(f"MCG directory {self.directory}: not found (spec 'mcg:DIR' needs a "
@@ -250,8 +253,7 @@ class MCGSource(ProposalSource):
         self.name = f"mcg:{self.directory}"
 
     def params(self) -> dict:
-        return {**super().params(), "segments": self.segments, "segment_size": self.segment_size,
-                "input_convention": "1-based inclusive [y1 x1 y2 x2]"}
+        return {**super().params(), "segments": self.segments, "segment_size": self.segment_size}
 
     def describe(self) -> dict:
         return {**super().describe(), "path": str(self.directory)}
@@ -276,7 +278,7 @@ class MCGSource(ProposalSource):
     def get(self, img: dict, image_path=None, image=None) -> dict:
         path = self.find(img)
         data = load_mcg_mat(path)
-        boxes = mcg_to_xyxy(data["boxes"])
+        boxes = self._to_xyxy(data["boxes"])
         scores = data["scores"]
         has_labels = data["superpixels"] is not None
         has_seg = self.segments and has_labels

@@ -27,6 +27,20 @@ from ..errors import DataError
 from .common import ProposalSource
 
 
+def load_pickle(path, what: str):
+    """Unpickle ``path``; Python 2 pickles (Detectron, OICR, Fast R-CNN) are read with latin1.
+    Anything unreadable is one :class:`DataError` naming ``what`` and the file."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                return pickle.load(f)
+            except UnicodeDecodeError:          # Python 2 str of bytes >= 128
+                f.seek(0)
+                return pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{what} {path}: cannot unpickle ({type(e).__name__}: {e})") from None
+
+
 def _norm_key(k) -> list[str]:
     """Lookup keys for one id as stored in the pickle (or derived from the manifest)."""
     if isinstance(k, bytes):
@@ -69,6 +83,10 @@ class PickleSource(ProposalSource):
     def params(self) -> dict:
         return {**super().params(), "inclusive": self.inclusive}
 
+    def convention(self) -> str:
+        return ("x1y1x2y2, 0-based inclusive (Detectron: +1 on x2, y2)" if self.inclusive
+                else "x1y1x2y2, 0-based continuous")
+
     def describe(self) -> dict:
         d = {**super().describe(), "path": str(self.path)}
         try:
@@ -82,18 +100,7 @@ class PickleSource(ProposalSource):
         if self._data is not None:
             return self._data
         p = self.path
-        try:
-            with open(p, "rb") as f:
-                try:
-                    d = pickle.load(f)
-                except UnicodeDecodeError:          # Python 2 pickles (Detectron, OICR)
-                    f.seek(0)
-                    d = pickle.load(f, encoding="latin1")
-        except DataError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise DataError(f"proposal pickle {p}: cannot unpickle ({type(e).__name__}: {e})") \
-                from None
+        d = load_pickle(p, "proposal pickle")
         if not isinstance(d, dict):
             raise DataError(f"proposal pickle {p}: expected a dict with 'boxes' and 'indexes' or "
                             f"'ids', got {type(d).__name__}")

@@ -132,6 +132,12 @@ def prepare_args(wildcards):
     return " ".join(args)
 
 
+def proposal_args(wildcards):
+    """cli.py proposals-shard options: the proposal files' convention, where the config states it."""
+    return " ".join(f"--{k.replace('_', '-')} {config[k]}" for k in ("box_format", "box_base")
+                    if config.get(k) is not None)
+
+
 def seed_args(wildcards):
     """cli.py seeds-shard options from the `seeds` section of the config."""
     return " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.get("seeds", {}).items())

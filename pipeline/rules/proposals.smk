@@ -7,6 +7,7 @@ rule proposals:
     params:
         python=PYTHON,
         source=config["proposals"],
+        convention=proposal_args,
     log:
         f"{DATA}/cues/{{dataset}}/{{split}}/logs/proposals-{{shard}}.log",
     benchmark:
@@ -17,4 +18,4 @@ rule proposals:
         runtime=240,  # minutes per shard: ~1.2 core-s/image (README), e.g. 10,582 VOC images / 8
     shell:
         "{params.python} cli.py proposals-shard --manifest {input.manifest} --proposals '{params.source}' "
-        "--shard {wildcards.shard} --out {output} 2> {log}"
+        "{params.convention} --shard {wildcards.shard} --out {output} 2> {log}"
