@@ -99,9 +99,10 @@ def _submissions(out: str) -> dict[str, dict]:
             cur["resources"] = dict(kv.split("=", 1) for kv in line[15:].split(", "))
         elif "sbatch call: " in line:
             calls.append(line.split("sbatch call: ", 1)[1])
-        elif m := re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+)", line):
-            comment = f"--comment rule_{blocks[m.group(1)]['rule']}"
-            call = next(c for c in calls if comment in c)  # the call its rule's job was sent with
+        elif m := re.match(r"^Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (.*)\)",
+                           line):
+            output = f"--output {Path(m.group(3)).with_name('%j.log')} "
+            call = next(c for c in calls if output in c)  # the call that job was sent with
             subs[m.group(2)] = {**blocks[m.group(1)], "sbatch": call}
     return subs
 
@@ -132,7 +133,7 @@ def runs(cluster, tmp_path_factory):
             "solver.steps=[1]"]})
     # The 2-GPU job only: placeholder inputs (the trainer stops at its CUDA check before it
     # reads them) and the train rule alone; the node has the machine's CPUs, so the job asks
-    # for 1 of them instead of 6 per GPU
+    # for 1 of them instead of 6 per GPU; CUDA hidden, the same on a machine with GPUs
     gpu_cfg = _config(gpu / "config.yaml", gpu, train={**train, "run": "tiny-gpu", "gpus": 2})
     for f in ("data/synthetic/train.json", "data/cues/synthetic/train/cues.h5"):
         (gpu / f).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,8 @@ def runs(cluster, tmp_path_factory):
         "gpu": _start(_slurm_argv(gpu_cfg, gpu / "slurm-logs", str(gpu / "runs/tiny-gpu/train.done"),
                                   "--allowed-rules", "train",
                                   "--set-threads", "train=1", "--set-resources",
-                                  "train:mem_mb=2000"), gpu / "snakemake.log", cluster.env),
+                                  "train:mem_mb=2000"), gpu / "snakemake.log",
+                      {**cluster.env, "CUDA_VISIBLE_DEVICES": ""}),
         "local": _start(_snakemake_argv(_config(local / "config.yaml", local, train=None),
                                         "--cores", "2", "--quiet"), local / "snakemake.log",
                         cluster.env),  # Snakemake asks SLURM about itself when it loads the plugin
