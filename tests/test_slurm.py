@@ -51,10 +51,10 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_rea
 @pytest.fixture(scope="module")
 def cluster():
     c = Cluster()
-    if c.cpus < 2 or c.memory_mb < 8000:
-        pytest.skip(f"the workflow's jobs ask for 2 CPUs and 8000 MB; this machine has "
-                    f"{c.cpus} CPUs and {c.memory_mb} MB")
     try:
+        if c.cpus < 2 or c.memory_mb < 8000:
+            pytest.skip(f"the workflow's jobs ask for 2 CPUs and 8000 MB; this machine has "
+                        f"{c.cpus} CPUs and {c.memory_mb} MB")
         c.start()
         yield c
     finally:
