@@ -32,7 +32,8 @@ SWITCHES = dict(
     mil_reduction="mean", refine_pseudo_box="regressed", refine_weight="image_score",
     refine_box_loss="weighted_l1", mask_targets="binary", empty_mask_to_box=True,
     mask_specific_weight="none", acl_target="matched_top", acl_agnostic=True,
-    box_pooler="roipool", learning="parallel",
+    box_pooler="roipool", learning="parallel", mask0_channels="single", seed_pool="all",
+    mask_loss_mean="image", mask_sampling_ratio=2,
 )
 
 

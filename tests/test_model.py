@@ -232,7 +232,7 @@ def test_predict_masks_head_choice():
     lab = torch.tensor([0, 2, 1])
     with torch.no_grad():
         feats = model.backbone(images)
-        agnostic, specific = model.mask_head(feats, [props[0][:3]])
+        agnostic, specific = model.mask_head(feats, [props[0][:3]], lab)
         pick = [model.predict_masks(feats, [props[0][:3]], [lab], head=k) for k in (1, 2, 3)]
         mean = model.predict_masks(feats, [props[0][:3]], [lab])
         ag = model.predict_masks(feats, [props[0][:3]], [lab], head="agnostic")

@@ -55,3 +55,73 @@ def test_released_demo_predicts_as_when_released(tmp_path):
     assert np.allclose(got["boxes"], ref["boxes"], atol=1e-3)
     a, b = np.unpackbits(got["masks"], axis=-1), np.unpackbits(ref["masks"], axis=-1)
     assert a.shape == b.shape and (a != b).mean() < 1e-4
+
+
+# ---------------------------------------------------------------- an old run resumes unchanged
+def test_saved_config_without_the_new_keys_loads_with_the_old_values():
+    from pdsl.config import LEGACY, config_from_dict, default_config, load_config, to_dict
+
+    old = to_dict(default_config())
+    for key in LEGACY:
+        section, name = key.split(".")
+        del old[section][name]
+    cfg = config_from_dict(old)
+    for key, value in LEGACY.items():
+        assert cfg.get_path(key) == value != default_config().get_path(key)
+    # a saved config that has the keys keeps its own values; a new run gets the new defaults
+    assert config_from_dict(to_dict(default_config())).model.mask0_channels == "per_class"
+    assert load_config(None).model.seed_pool == "foreground"
+    assert load_config(None, saved=old).model.mask_loss_mean == "image"
+    assert load_config(None, ["model.mask_sampling_ratio=1"], saved=old).model.mask_sampling_ratio == 1
+
+
+def _make_old(run_dir: Path) -> None:
+    """Rewrite a run directory as if it had been trained before the LEGACY keys existed."""
+    import json
+
+    import torch
+    import yaml
+
+    from pdsl.config import LEGACY
+    from pdsl.rundir import RECORD, config_hash
+
+    def strip(d):
+        for key in LEGACY:
+            section, name = key.split(".")
+            d[section].pop(name)
+        return d
+
+    cfg = strip(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    rec = json.loads((run_dir / RECORD).read_text())
+    rec["config_sha1"] = config_hash(cfg)
+    (run_dir / RECORD).write_text(json.dumps(rec))
+    for path in (run_dir / "checkpoints").glob("*.pth"):
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        strip(ckpt["config"])
+        torch.save(ckpt, path)
+
+
+def test_old_run_resumes_with_the_values_it_was_trained_with(tmp_path):
+    import torch
+
+    from test_data import make_tiny_set
+    from test_train import FAST
+    import pdsl.engine.train as T
+    from pdsl.config import LEGACY
+
+    manifest, cues = make_tiny_set(tmp_path / "data")
+    old_values = [f"{k}={v}" for k, v in LEGACY.items()]
+    common = FAST + ["train.checkpoint_period=2"]
+    T.train(None, manifest, cues, tmp_path / "full", max_iter=4, overrides=common + old_values)
+    T.train(None, manifest, cues, tmp_path / "part", max_iter=2, overrides=common + old_values)
+    _make_old(tmp_path / "part")
+    # resumed with today's defaults on the command line: the run keeps its old values
+    T.train(None, manifest, cues, tmp_path / "part", max_iter=4, overrides=common, resume=True)
+    a = torch.load(tmp_path / "full/checkpoints/model_0000004.pth", weights_only=False)
+    b = torch.load(tmp_path / "part/checkpoints/model_0000004.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for key, value in LEGACY.items():
+        section, name = key.split(".")
+        assert b["config"][section][name] == value

@@ -32,7 +32,7 @@ from ..amp import autocast, effective_amp, grad_scaler
 from ..config import load_config, to_dict
 from ..data import Collate, TrainDataset, batch_to_device, log
 from ..errors import ConfigError
-from ..rundir import check_run_dir
+from ..rundir import check_run_dir, recorded_config
 from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
                          last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
@@ -149,7 +149,8 @@ def train(config_path, manifest, cues, out_dir, max_iter: int | None = None, res
     from ..manifest import load_manifest
 
     overrides = list(overrides) + ([("solver.max_iter", int(max_iter))] if max_iter else [])
-    cfg = load_config(config_path, overrides)
+    # resuming: keys the run's saved config predates keep the values it was trained with
+    cfg = load_config(config_path, overrides, saved=recorded_config(out_dir) if resume else None)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     kind = device_kind(cfg.train.device)

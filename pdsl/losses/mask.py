@@ -86,7 +86,8 @@ def class_specific_mask_loss(logits_m: Tensor, prev_probs: Tensor,
 
 def mask_self_training_loss(agnostic_logits: Tensor, agnostic_targets: Tensor, valid: Tensor,
                             specific_logits: list[Tensor], weights: Tensor | None,
-                            targets: str = "soft", empty_to_box: bool = True):
+                            targets: str = "soft", empty_to_box: bool = True,
+                            stats: dict | None = None):
     """Eq. 5 in full: the class-agnostic term plus the ``n_m`` chained class-specific terms.
 
     Args:
@@ -99,19 +100,43 @@ def mask_self_training_loss(agnostic_logits: Tensor, agnostic_targets: Tensor, v
         targets: ``"soft"`` (the previous head's probabilities, eq. 5 as written) or ``"binary"``
             (thresholded at 0.5, an empty mask → filled box when ``empty_to_box``: the authors'
             ``get_pgt_mask``).
+        stats (dict or None): if given, the mask chain's diagnostics are added to it, each a
+            ``(sum, count)`` pair of detached 0-d tensors (so that several calls add up), for head
+            ``m`` = 0..n_m: ``m{m}_bce`` (the head's term), ``m{m}_empty_before_fallback`` (its
+            target has no pixel >= 0.5: for m >= 1 before the filled-box fallback) and
+            ``m{m}_fallback_box`` (the target is the filled box: for M^0 a target with every
+            pixel >= 0.5, e.g. the cache's box for a degenerate GrabCut mask; for m >= 1 the
+            fallback of an empty binarised mask).
     Returns: (loss_agnostic, loss_specific) scalars, loss_specific summed over the heads (0 when
     n_m = 0).
     """
     _check(targets in ("soft", "binary"),
            f"mask_self_training_loss: targets must be soft or binary, got {targets!r}")
     loss_agnostic = class_agnostic_mask_loss(agnostic_logits, agnostic_targets, valid)
+    if stats is not None:
+        t0 = agnostic_targets[valid].detach().flatten(1)
+        _add_stats(stats, 0, loss_agnostic, t0.amax(dim=1) < 0.5, t0.amin(dim=1) >= 0.5)
     loss_specific = agnostic_logits.sum() * 0  # n_m = 0: no class-specific head
     prev = torch.sigmoid(agnostic_logits).detach()
-    for logits_m in specific_logits:
+    for m, logits_m in enumerate(specific_logits, 1):
         target = binarize_mask_targets(prev, 0.5, empty_to_box) if targets == "binary" else prev
-        loss_specific = loss_specific + class_specific_mask_loss(logits_m, target, weights)
+        loss_m = class_specific_mask_loss(logits_m, target, weights)
+        loss_specific = loss_specific + loss_m
+        if stats is not None:
+            empty = prev.flatten(1).amax(dim=1) < 0.5
+            _add_stats(stats, m, loss_m, empty, empty & (targets == "binary" and empty_to_box))
         prev = torch.sigmoid(logits_m).detach()
     return loss_agnostic, loss_specific
+
+
+@torch.no_grad()
+def _add_stats(stats: dict, m: int, loss: Tensor, empty: Tensor, filled: Tensor) -> None:
+    n = torch.tensor(float(empty.numel()), device=loss.device)
+    for key, value in ((f"m{m}_bce", loss.detach().float() * n),
+                       (f"m{m}_empty_before_fallback", empty.sum().float()),
+                       (f"m{m}_fallback_box", filled.sum().float())):
+        s, c = stats.get(key, (0.0, 0.0))
+        stats[key] = (s + value, c + n)
 
 
 # ----------------------------------------------------------------------------------------------

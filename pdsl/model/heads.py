@@ -104,14 +104,20 @@ class RefinementHead(nn.Module):
 
 
 class MaskHead(nn.Module):
-    """RoIAlign 14×14 (sampling 2, aligned) → 4 × (conv3×3 ``mask_dim`` + ReLU) → deconv 2×2
-    stride 2 + ReLU → 1×1 predictors: one class-agnostic channel (``M^0``) and ``n_mask``
+    """RoIAlign 14×14 (aligned; ``sampling_ratio`` samples per bin side, 0 = adaptive,
+    ``ceil(bin size)``, detectron2's default) → 4 × (conv3×3 ``mask_dim`` + ReLU) → deconv 2×2
+    stride 2 + ReLU → 1×1 predictors: ``M^0`` with ``agnostic_channels`` channels (1: one
+    class-agnostic mask, the paper; ``n_c``: one per class, the authors' code) and ``n_mask``
     class-specific heads of ``n_c`` channels each (``M^1..M^{n_m}``), all 28×28 logits in the
     frame of their proposal box (paper §3.3; the tower is shared, the predictors are not)."""
 
     def __init__(self, in_channels: int, num_classes: int, n_mask: int, mask_dim: int = 256,
-                 pool_size: int = 14, spatial_scale: float = 1 / 16, sampling_ratio: int = 2):
+                 pool_size: int = 14, spatial_scale: float = 1 / 16, sampling_ratio: int = 2,
+                 agnostic_channels: int = 1):
         super().__init__()
+        if agnostic_channels not in (1, num_classes):
+            raise ValueError(f"MaskHead: agnostic_channels must be 1 or num_classes "
+                             f"({num_classes}), got {agnostic_channels!r}")
         self.pool_size = pool_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
@@ -122,7 +128,7 @@ class MaskHead(nn.Module):
             cin = mask_dim
         self.tower = nn.Sequential(*layers)
         self.deconv = nn.ConvTranspose2d(mask_dim, mask_dim, 2, stride=2)
-        self.agnostic = nn.Conv2d(mask_dim, 1, 1)
+        self.agnostic = nn.Conv2d(mask_dim, agnostic_channels, 1)
         self.specific = nn.ModuleList(nn.Conv2d(mask_dim, num_classes, 1) for _ in range(n_mask))
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
@@ -131,10 +137,25 @@ class MaskHead(nn.Module):
         for m in [self.agnostic, *self.specific]:
             nn.init.normal_(m.weight, std=0.001)
 
-    def forward(self, features: Tensor, boxes: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        """features [B, Cf, h, w], boxes list of [K_i, 4] (resized-image frame) →
-        (agnostic logits [ΣK_i, 28, 28], [n_mask × logits [ΣK_i, n_c, 28, 28]]), box frame."""
-        x = roi_align(features, boxes, self.pool_size, self.spatial_scale,
-                      sampling_ratio=self.sampling_ratio, aligned=True)
-        x = torch.relu(self.deconv(self.tower(x)))
-        return self.agnostic(x)[:, 0], [head(x) for head in self.specific]
+    def pool(self, features: Tensor, boxes: list[Tensor]) -> Tensor:
+        """RoIAlign of the mask branch: [ΣK_i, Cf, 14, 14]."""
+        return roi_align(features, boxes, self.pool_size, self.spatial_scale,
+                         sampling_ratio=self.sampling_ratio, aligned=True)
+
+    def forward(self, features: Tensor, boxes: list[Tensor],
+                labels: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
+        """features [B, Cf, h, w], boxes list of [K_i, 4] (resized-image frame), labels
+        LongTensor[ΣK_i] (0-based class of each box; needed when ``M^0`` has a channel per
+        class) → (``M^0`` logits [ΣK_i, 28, 28], at each box's class channel when per class;
+        [n_mask × logits [ΣK_i, n_c, 28, 28]]), box frame."""
+        x = torch.relu(self.deconv(self.tower(self.pool(features, boxes))))
+        agnostic = self.agnostic(x)
+        if agnostic.shape[1] == 1:
+            agnostic = agnostic[:, 0]
+        else:
+            if labels is None or labels.shape != (agnostic.shape[0],):
+                raise ValueError(f"MaskHead: M^0 has one channel per class, so labels [ΣK_i = "
+                                 f"{agnostic.shape[0]}] are needed, got "
+                                 f"{None if labels is None else tuple(labels.shape)}")
+            agnostic = agnostic[torch.arange(agnostic.shape[0], device=x.device), labels.long()]
+        return agnostic, [head(x) for head in self.specific]
