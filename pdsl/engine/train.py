@@ -36,9 +36,9 @@ from ..rundir import check_run_dir, recorded_config
 from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
                          last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
-from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
-                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
-                   train_loader, truncate_metrics)
+from .loop import (Progress, TrainingDiverged, add_diagnostics, build_optimizer, device_kind,
+                   diagnostics_line, diverged, lr_factor, open_run_dir, optimizer_step,
+                   report_config_changes, step_seed, train_loader, truncate_metrics)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
@@ -95,6 +95,7 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
     t_start = time.perf_counter()
     data_time = cue_time = 0.0
     loss_sum = None
+    diag: dict = {}  # the mask chain's diagnostics, (sum, count) over the step's passes
     for k in range(ctx.accum):
         t0 = time.perf_counter()
         batch = next(data_iter)
@@ -119,11 +120,13 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
             scaler.scale(total / ctx.accum).backward()
         vec = torch.stack([v.detach().float() for v in losses.values()])
         loss_sum = vec if loss_sum is None else loss_sum + vec
+        add_diagnostics(diag, getattr(net, "last_diagnostics", None))
     loss_vec = _reduce_mean(loss_sum / ctx.accum, ctx.world).cpu()
     loss_dict = {name: float(v) for name, v in zip(losses, loss_vec)}
     lr = optimizer_step(model, optimizer, scheduler, scaler, loss_dict, step,
                         ctx.cfg.solver.clip_grad_norm)
     return {"step": step + 1, "lr": lr, **loss_dict, "total": sum(loss_dict.values()),
+            **diagnostics_line(diag, ctx.world),
             "data_time": round(data_time, 4), "cue_time": round(cue_time, 4),
             "step_time": round(time.perf_counter() - t_start, 4)}
 
