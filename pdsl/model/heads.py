@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import roi_align, roi_pool
+
+from .roi_ops import roi_align, roi_pool
 
 
 class BoxHead(nn.Module):
