@@ -14,6 +14,14 @@ from torch import Tensor, nn
 from .roi_ops import roi_align, roi_pool
 
 
+def channels_last_on_cpu(x: Tensor) -> Tensor:
+    """``x`` [N, C, H, W] in channels-last memory order on the CPU (oneDNN's convolutions run
+    ~1.4x faster forward + backward on it; the values are the same tensor), as is elsewhere."""
+    if x.device.type == "cpu" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
 class BoxHead(nn.Module):
     """RoIPool 7×7 → FC → ReLU → dropout → FC → ReLU → dropout (shared by WSDDN and the
     refinement heads). ``fc6_dim`` / ``hidden_dim`` are the two FC widths (the authors' code:
@@ -149,7 +157,7 @@ class MaskHead(nn.Module):
         LongTensor[ΣK_i] (0-based class of each box; needed when ``M^0`` has a channel per
         class) → (``M^0`` logits [ΣK_i, 28, 28], at each box's class channel when per class;
         [n_mask × logits [ΣK_i, n_c, 28, 28]]), box frame."""
-        x = torch.relu(self.deconv(self.tower(self.pool(features, boxes))))
+        x = torch.relu(self.deconv(self.tower(channels_last_on_cpu(self.pool(features, boxes)))))
         agnostic = self.agnostic(x)
         if agnostic.shape[1] == 1:
             agnostic = agnostic[:, 0]
