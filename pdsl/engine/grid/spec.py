@@ -45,6 +45,12 @@ def load_spec(path) -> dict:
     for key in ("manifest", "cues"):
         if not spec["eval"].get(key):
             raise ConfigError(f"{path}: eval.{key} is required")
+    curve = spec["eval"].get("curve")
+    if curve is not None and not (isinstance(curve, int) and not isinstance(curve, bool)
+                                  and curve >= 0):
+        raise ConfigError(f"{path}: eval.curve must be an integer >= 0 (the number of images "
+                          f"each checkpoint is scored on; 0 or absent: no learning curve), got "
+                          f"{curve!r}")
     seeds = spec.setdefault("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -112,6 +118,8 @@ def cell_record(cell: Cell, spec: dict) -> dict:
     rec = {"variant": cell.variant, "seed": cell.seed, "kind": cell.kind,
            "config": spec["train"]["config"], "overrides": list(cell.overrides),
            "eval_max_images": spec["eval"].get("max_images")}
+    if spec["eval"].get("curve"):  # every checkpoint scored (absent: the record of older grids)
+        rec["eval_curve"] = spec["eval"]["curve"]
     if cell.kind == "second_stage":
         rec["from"] = cell.source
         rec["pseudo_label_params"] = spec["variants"][cell.variant]["pseudo_label"]

@@ -52,6 +52,23 @@ def _mean_std(values):
     return m, sd
 
 
+CURVE_KEYS = ("mask_AP50", "mask_AP75", "box_AP50")
+
+
+def _mean_curve(curves: list) -> dict:
+    """``{step: {key: {"mean", "std", "n"}}}`` over the seeds' learning curves."""
+    steps = sorted({r["step"] for c in curves for r in c})
+    out = {}
+    for st in steps:
+        out[st] = {}
+        for k in CURVE_KEYS:
+            vals = [r.get(k) for c in curves for r in c if r["step"] == st]
+            m, sd = _mean_std(vals)
+            out[st][k] = {"mean": m, "std": sd,
+                          "n": sum(v is not None and not math.isnan(v) for v in vals)}
+    return out
+
+
 def summarize(spec: dict, recs: list[dict]) -> dict:
     """Mean ± std (sample std over seeds) per variant and column, and each expected direction
     of ``spec["compare"]``: ``diff`` = mean(better) − mean(worse) of mask AP50 and whether it is
@@ -70,6 +87,8 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
             vals = [r.get(field) or {} for r in mine]
             row[field] = {k: _mean_std([x.get(k) for x in vals])[0]
                           for k in sorted({k for x in vals for k in x})}
+        if any(r.get("curve") for r in mine):
+            row["curve"] = _mean_curve([r.get("curve") or [] for r in mine])
         if spec["variants"][name].get("kind") == "second_stage":
             row["from"] = spec["variants"][name]["from"]
             row["pseudo_label"] = {}
@@ -152,6 +171,16 @@ def markdown(summary: dict, title: str = "") -> str:
         for name in names:
             lines.append(f"| {name} | " + " | ".join(
                 f"{summary['rows'][name]['losses'][k]:.3f}" for k in keys) + " |")
+    curves = {n: r["curve"] for n, r in summary["rows"].items() if r.get("curve")}
+    steps = sorted({int(st) for c in curves.values() for st in c})
+    for key in CURVE_KEYS if curves else ():
+        lines += ["", f"| learning curve: {key} at step (mean ± std over seeds) | "
+                  + " | ".join(str(st) for st in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+        for name, c in curves.items():
+            by = {int(st): v[key] for st, v in c.items()}
+            lines.append(f"| {name} | " + " | ".join(
+                _cell({**by[st], "values": [0] * by[st]["n"]}) if st in by else "—"
+                for st in steps) + " |")
     diag = {n: r["diagnostics"] for n, r in summary["rows"].items() if r.get("diagnostics")}
     if diag:
         keys = sorted({k for d in diag.values() for k in d})
@@ -188,4 +217,13 @@ def write_results(spec_path, out, results, title: str = "") -> dict:
         Path(tmp).write_text(markdown(summary, title))
     if summary["rows"]:
         plot(summary, results.with_suffix(".png"))
+    curves = {n: r["curve"] for n, r in summary["rows"].items() if r.get("curve")}
+    if curves:  # RESULTS_curve.png: mask AP50 of every checkpoint, mean over seeds
+        from ...evaluation.report import plot_curves
+
+        plot_curves({n: ([int(st) for st in c], [v["mask_AP50"]["mean"] if v["mask_AP50"]["mean"]
+                                                 is not None else math.nan for v in c.values()])
+                     for n, c in curves.items()},
+                    "learning curve: mask AP50 (mean over seeds)", "step",
+                    results.with_name(results.name + "_curve.png"))
     return summary
