@@ -310,3 +310,13 @@ def test_bad_curve_value_names_the_field(data, tmp_path):
     spec.write_text(yaml.safe_dump(d))
     with pytest.raises(ConfigError, match="eval.curve must be an integer"):
         G.load_spec(spec)
+
+
+def test_a_variant_runs_on_its_own_subset_of_the_seeds(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": [], "probe": {"overrides": [], "seeds": [1]}},
+                 seeds=(0, 1))
+    got = [(c.variant, c.seed) for c in G.cells(G.load_spec(spec))]
+    assert got == [("base", 0), ("base", 1), ("probe", 1)]
+    bad = _spec(data, tmp_path / "b.yaml", {"probe": {"overrides": [], "seeds": [5]}})
+    with pytest.raises(ConfigError, match="variants.probe.seeds must be"):
+        G.load_spec(bad)

@@ -112,3 +112,32 @@ def test_mask_roialign_sampling_ratio_zero_samples_each_bin_centre():
     head2 = MaskHead(1, 2, 0, mask_dim=8, spatial_scale=1.0, sampling_ratio=2)
     assert abs(float(head2.pool(feats, box)[0, 0, 0, 3]) - 1 / 56) < 1e-6
     assert PDSLNet(3, backbone="tiny", hidden_dim=16, mask_dim=8).mask_head.sampling_ratio == 0
+
+
+# ---------------------------------------------------------------- diagnostic switches of the chain
+def _reaches(loss, params):
+    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    return any(g is not None and bool(g.abs().sum() > 0) for g in grads)
+
+
+def test_chain_on_a_detached_tower_trains_only_its_predictors():
+    from test_model import _batch
+
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = PDSLNet(3, backbone="tiny", hidden_dim=16, mask_dim=8, n_refine=1, n_mask=2,
+                        acl=False, chain_detach_tower=detach).train()
+        losses = model(*_batch([[1, 0, 1], [0, 1, 0]]))
+        chain = losses["loss_mask_specific"]
+        assert _reaches(chain, list(model.mask_head.specific.parameters()))
+        assert _reaches(chain, list(model.mask_head.tower.parameters())) == (not detach)
+        assert _reaches(losses["loss_mask_agnostic"], list(model.mask_head.tower.parameters()))
+
+
+def test_a_later_chain_start_zeroes_the_chain_term_before_it():
+    from pdsl.config import load_config
+    from pdsl.engine.train import loss_weights
+
+    cfg = load_config(None, ["solver.chain_start_iter=3"])
+    assert [loss_weights(cfg, s)["loss_mask_specific"] for s in (0, 2, 3, 9)] == [0, 0, 1, 1]
+    assert loss_weights(load_config(None), 0)["loss_mask_specific"] == 1.0

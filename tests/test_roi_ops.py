@@ -1,4 +1,4 @@
-"""The CPU RoIAlign / RoIPool of pdsl.model.roi_ops against torchvision's ops, forward and backward
+"""The CPU RoIAlign of pdsl.model.roi_ops against torchvision's ops, forward and backward
 (float64, so that any difference is a different sampling, not rounding), at the edges: boxes beyond
 the map, empty and degenerate boxes, images without boxes, both sampling-ratio modes, aligned and
 not."""
@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.ops import roi_align as tv_align
-from torchvision.ops import roi_pool as tv_pool
 
 from pdsl.model import roi_ops
 
@@ -47,23 +46,19 @@ def test_roi_align_matrix_equals_torchvision(H, W, sampling_ratio, aligned):
     assert torch.allclose(ga, gb, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("H,W", [(10, 12), (13, 7), (24, 20)])
-def test_roi_pool_gather_equals_torchvision(H, W):
-    f, boxes = _case(H, W)
-    a, b, ga, gb = _both(lambda: tv_pool(f, boxes, 7, 1 / 16),
-                         lambda: roi_ops.roi_pool_gather(f, boxes, 7, 1 / 16), f)
-    assert torch.equal(a, b)
-    assert torch.equal(ga, gb)    # the gradient goes to the same (first) maximum
-
-
-def test_dispatch_keeps_torchvision_for_large_maps_and_low_precision(monkeypatch):
+def test_dispatch_keeps_torchvision_for_large_maps_low_precision_and_no_gradient(monkeypatch):
     calls = []
     monkeypatch.setattr(roi_ops, "roi_align_matrix", lambda *a: calls.append("matrix"))
     monkeypatch.setattr(roi_ops, "tv_roi_align", lambda *a, **k: calls.append("torchvision"))
     box = [torch.tensor([[0.0, 0.0, 32.0, 32.0]])]
-    roi_ops.roi_align(torch.zeros(1, 2, 8, 8), box, 14, 1 / 16, 0)
-    roi_ops.roi_align(torch.zeros(1, 2, 65, 64), box, 14, 1 / 16, 0)      # > MAX_CELLS
-    roi_ops.roi_align(torch.zeros(1, 2, 8, 8, dtype=torch.float64), box, 14, 1 / 16, 0)
+
+    def f(*shape, dtype=torch.float32, grad=True):
+        return torch.zeros(*shape, dtype=dtype).requires_grad_(grad)
+
+    roi_ops.roi_align(f(1, 2, 8, 8), box, 14, 1 / 16, 0)
+    roi_ops.roi_align(f(1, 2, 65, 64), box, 14, 1 / 16, 0)                # > MAX_CELLS
+    roi_ops.roi_align(f(1, 2, 8, 8, dtype=torch.float64), box, 14, 1 / 16, 0)
+    roi_ops.roi_align(f(1, 2, 8, 8, grad=False), box, 14, 1 / 16, 0)      # forward only
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        roi_ops.roi_align(torch.zeros(1, 2, 8, 8), box, 14, 1 / 16, 0)
-    assert calls == ["matrix", "torchvision", "torchvision", "torchvision"]
+        roi_ops.roi_align(f(1, 2, 8, 8), box, 14, 1 / 16, 0)
+    assert calls == ["matrix"] + ["torchvision"] * 4

@@ -45,9 +45,11 @@ from .loop import (Progress, TrainingDiverged, add_diagnostics, build_optimizer,
 def loss_weights(cfg, step: int) -> dict:
     """Weights of the loss terms at optimiser step ``step`` (0-based): 1 for every term except
     ``loss_acl``, which ramps linearly from 0 at step 0 to 1 at ``solver.acl_warmup_iters`` (a
-    warm-up of the correlation loss while the detector's scores are still low; 0 = off)."""
+    warm-up of the correlation loss while the detector's scores are still low; 0 = off), and
+    ``loss_mask_specific``, 0 before ``solver.chain_start_iter`` (the mask chain starts late)."""
     warm = cfg.solver.acl_warmup_iters
-    return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0}
+    return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0,
+            "loss_mask_specific": 1.0 if step >= cfg.solver.chain_start_iter else 0.0}
 
 
 # -- distributed -----------------------------------------------------------------------------------

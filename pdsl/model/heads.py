@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .roi_ops import roi_align, roi_pool
+from torchvision.ops import roi_pool
+
+from .roi_ops import roi_align
 
 
 def channels_last_on_cpu(x: Tensor) -> Tensor:
@@ -122,7 +124,7 @@ class MaskHead(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, n_mask: int, mask_dim: int = 256,
                  pool_size: int = 14, spatial_scale: float = 1 / 16, sampling_ratio: int = 2,
-                 agnostic_channels: int = 1):
+                 agnostic_channels: int = 1, detach_chain: bool = False):
         super().__init__()
         if agnostic_channels not in (1, num_classes):
             raise ValueError(f"MaskHead: agnostic_channels must be 1 or num_classes "
@@ -130,6 +132,7 @@ class MaskHead(nn.Module):
         self.pool_size = pool_size
         self.spatial_scale = spatial_scale
         self.sampling_ratio = sampling_ratio
+        self.detach_chain = bool(detach_chain)  # M^1..M^n read the tower's output detached
         layers = []
         cin = in_channels
         for _ in range(4):
@@ -167,4 +170,5 @@ class MaskHead(nn.Module):
                                  f"{agnostic.shape[0]}] are needed, got "
                                  f"{None if labels is None else tuple(labels.shape)}")
             agnostic = agnostic[torch.arange(agnostic.shape[0], device=x.device), labels.long()]
-        return agnostic, [head(x) for head in self.specific]
+        xs = x.detach() if self.detach_chain else x  # a diagnostic: the chain cannot shape the tower
+        return agnostic, [head(xs) for head in self.specific]

@@ -83,6 +83,8 @@ class PDSLNet(nn.Module):
             the ``batch`` (authors, detectron2) | each ``image``'s mean, then the mean over images.
         mask_sampling_ratio: RoIAlign samples per bin side in the mask branch (0 = adaptive, the
             authors' detectron2 default; 2 was this code's earlier value).
+        chain_detach_tower: the class-specific heads read the mask tower's output detached, so
+            only M^0 (and ACL on M^0) trains the shared tower (a diagnostic, not in the paper).
         learning: ``parallel`` (PDSL, §3) | ``cascade``: the detection-to-segmentation baseline
             of Fig. 3 (§4.4; ``pdsl.model.cascade``): the mask heads train on the last head's
             detected boxes and the proposals assigned to them, with pseudo masks derived from
@@ -102,7 +104,7 @@ class PDSLNet(nn.Module):
                  acl_agnostic: bool = True, box_pooler: str = "roipool",
                  learning: str = "parallel", mask0_channels: str = "per_class",
                  seed_pool: str = "foreground", mask_loss_mean: str = "batch",
-                 mask_sampling_ratio: int = 0):
+                 mask_sampling_ratio: int = 0, chain_detach_tower: bool = False):
         super().__init__()
         for name, v in (("mil_reduction", mil_reduction), ("refine_pseudo_box", refine_pseudo_box),
                         ("refine_weight", refine_weight), ("refine_box_loss", refine_box_loss),
@@ -160,7 +162,7 @@ class PDSLNet(nn.Module):
         self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim, spatial_scale=scale,
                                   sampling_ratio=mask_sampling_ratio,
                                   agnostic_channels=num_classes if mask0_channels == "per_class"
-                                  else 1)
+                                  else 1, detach_chain=chain_detach_tower)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, images: Tensor, proposals: list[Tensor],

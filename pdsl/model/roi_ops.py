@@ -1,4 +1,4 @@
-"""RoIAlign and RoIPool on the CPU without torchvision's serial backward (same results).
+"""RoIAlign on the CPU without torchvision's serial backward (same results).
 
 torchvision's CPU ``roi_align`` backward is a serial loop over every RoI, bin and sample (117 ms a
 call in the demo's step). RoIAlign's bilinear sampling is separable: for each RoI the pooled map
@@ -9,24 +9,17 @@ sample beyond one pixel outside the map contributes 0 but counts; clamping at th
 ``aligned`` half-pixel shift). Forward and backward are then dense batched matrix products,
 multi-threaded, differentiable by autograd (no gradient to the boxes, as torchvision).
 
-:func:`roi_align` uses this on the CPU in float32 without autocast when the feature map is small
+:func:`roi_align` uses this on the CPU in float32 without autocast, when the features need a
+gradient (torchvision's forward alone is as fast) and the feature map is small
 (``H·W <= MAX_CELLS``: the products cost ``K·C·P·(H·W + P·W)`` multiply-adds against the
 sampling's ``K·C·P²·4·s²``), and torchvision's kernel otherwise (CUDA always). Tested against
 torchvision's op, forward and backward (``tests/test_roi_ops.py``).
-
-RoIPool (:func:`roi_pool`, the same conditions): each bin's maximum is found by a stride-1
-``max_pool2d`` of the bin's size (one call per bin size present, with ``return_indices``: the first
-maximum in row-major order, torchvision's tie rule), then gathered, so the backward is a scatter
-to the same cells as torchvision's kernel.
 """
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor
-import torch.nn.functional as F
 from torchvision.ops import roi_align as tv_roi_align
-from torchvision.ops import roi_pool as tv_roi_pool
 
 MAX_CELLS = 4096  # feature-map cells (H·W) up to which the matrix form is used on the CPU
 
@@ -92,8 +85,11 @@ def roi_align_matrix(features: Tensor, boxes: list[Tensor], output_size: int,
 
 
 def _fast_path(features: Tensor) -> bool:
+    """The matrix form pays off for the backward (torchvision's forward is as fast): a small
+    float32 CPU map that needs a gradient, without autocast."""
     H, W = features.shape[-2:]
     return (features.device.type == "cpu" and features.dtype == torch.float32
+            and features.requires_grad and torch.is_grad_enabled()
             and H * W <= MAX_CELLS and not torch.is_autocast_enabled("cpu"))
 
 
@@ -108,59 +104,4 @@ def roi_align(features: Tensor, boxes: list[Tensor], output_size: int, spatial_s
                         sampling_ratio=sampling_ratio, aligned=aligned)
 
 
-@torch.no_grad()
-def _pool_bins(start: Tensor, end: Tensor, n_bins: int, n_cells: int):
-    """torchvision's RoIPool bins along one axis: [K, P] first cell and length (0 = empty)."""
-    size = (end - start + 1).clamp(min=1).to(torch.float32)
-    p = torch.arange(n_bins, dtype=torch.float32, device=start.device)
-    lo = torch.floor(p[None] * size[:, None] / n_bins).long() + start[:, None]
-    hi = torch.ceil((p[None] + 1) * size[:, None] / n_bins).long() + start[:, None]
-    lo, hi = lo.clamp(0, n_cells), hi.clamp(0, n_cells)
-    return lo, (hi - lo).clamp(min=0)
-
-
-def roi_pool_gather(features: Tensor, boxes: list[Tensor], output_size: int,
-                    spatial_scale: float) -> Tensor:
-    """torchvision's ``roi_pool`` for a list of per-image boxes: each bin's max is read from a
-    ``max_pool2d`` (stride 1, ``return_indices``) of the bin's size, one per size that occurs,
-    so the gradient goes to the same (first) maximum as torchvision's kernel, by a gather."""
-    B, C, H, W = features.shape
-    P = int(output_size)
-    outs = []
-    for b, bx in enumerate(boxes):
-        K = bx.shape[0]
-        if K == 0:
-            outs.append(features.new_zeros(0, C, P, P))
-            continue
-        with torch.no_grad():
-            v = bx.to(torch.float32) * spatial_scale
-            r = (torch.sign(v) * torch.floor(v.abs() + 0.5)).long()  # C's round: half away from 0
-            hs, hl = _pool_bins(r[:, 1], r[:, 3], P, H)                   # [K, P]
-            ws, wl = _pool_bins(r[:, 0], r[:, 2], P, W)
-            hs, hl = hs[:, :, None].expand(K, P, P), hl[:, :, None].expand(K, P, P)
-            ws, wl = ws[:, None, :].expand(K, P, P), wl[:, None, :].expand(K, P, P)
-            empty = (hl == 0) | (wl == 0)
-            fmap = features[b].detach()
-            arg = torch.zeros(C, K, P, P, dtype=torch.long, device=features.device)  # max cell
-            sizes = torch.unique(torch.stack([hl[~empty], wl[~empty]], 1), dim=0).tolist()
-            for lh, lw in sizes:
-                _, idx = F.max_pool2d(fmap[None], (lh, lw), stride=1, return_indices=True)
-                sel = (hl == lh) & (wl == lw) & ~empty                     # [K, P, P]
-                pos = hs[sel] * (W - lw + 1) + ws[sel]                     # the window's place
-                arg[:, sel] = idx[0].flatten(1)[:, pos]
-        out = torch.gather(features[b].flatten(1), 1, arg.reshape(C, -1))
-        out = out.reshape(C, K, P, P).permute(1, 0, 2, 3)
-        outs.append(out * (~empty)[:, None].to(out.dtype))
-    return torch.cat(outs).contiguous()
-
-
-def roi_pool(features: Tensor, boxes: list[Tensor], output_size: int,
-             spatial_scale: float) -> Tensor:
-    """RoIPool of a list of per-image boxes: :func:`roi_pool_gather` on small float32 CPU
-    feature maps (no autocast), torchvision's kernel otherwise."""
-    if _fast_path(features):
-        return roi_pool_gather(features, boxes, output_size, spatial_scale)
-    return tv_roi_pool(features, boxes, output_size, spatial_scale)
-
-
-__all__ = ["MAX_CELLS", "roi_align", "roi_align_matrix", "roi_pool", "roi_pool_gather"]
+__all__ = ["MAX_CELLS", "roi_align", "roi_align_matrix"]

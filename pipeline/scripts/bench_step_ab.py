@@ -11,7 +11,9 @@ Each side runs in its own process from its own tree (the base is ``git archive``
 dir), reads its own copy of the config file and the same overrides, so a config key the base
 does not know must not be passed. The rounds alternate which side goes first; each round runs
 ``--steps`` steps per side after one warm-up step per side. Shared cores: the interleaving
-spreads other load over both sides; the medians are printed with the quartiles.
+spreads other load over both sides; the medians are printed with the quartiles, of the wall
+time and of the process's CPU time (all its threads: less sensitive to other processes on the
+cores, but it counts OpenMP threads' spinning).
 
 ``--grid-overrides SPEC`` takes the ``train.overrides`` of a grid spec (e.g. the authors' recipe
 of pipeline/grids/ablation.yaml); ``model.pretrained`` is set to null (weights do not change the
@@ -52,13 +54,13 @@ def one():
     global step
     b = data["batches"][step % len(data["batches"])]
     torch.manual_seed(step)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     losses = model(*b)
     sum(losses.values()).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     step += 1
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 one()
 print("ready", flush=True)
 for line in sys.stdin:
@@ -185,14 +187,18 @@ def main():
             p.wait()
     import numpy as np
 
-    q = {k: np.percentile(v, [25, 50, 75]) for k, v in times.items()}
+    wall = {k: np.percentile([t[0] for t in v], [25, 50, 75]) for k, v in times.items()}
+    cpu = {k: np.percentile([t[1] for t in v], [25, 50, 75]) for k, v in times.items()}
     print(f"config {a.config}" + (f" + {a.grid_overrides} overrides" if a.grid_overrides else "")
           + f", {a.threads} thread(s), {a.rounds} interleaved rounds x {a.steps} steps per side "
           f"({time.time() - t0:.0f} s)")
-    print("| side | median s/step | quartiles |\n|---|---|---|")
+    print("| side | median wall s/step | quartiles | median CPU s/step (all threads) | "
+          "quartiles |\n|---|---|---|---|---|")
     for k, label in (("base", f"base {a.base} ({rev})"), ("head", "this checkout")):
-        print(f"| {label} | {q[k][1]:.4f} | {q[k][0]:.4f} - {q[k][2]:.4f} |")
-    print(f"speed-up (median base / median head): {q['base'][1] / q['head'][1]:.2f}x")
+        print(f"| {label} | {wall[k][1]:.4f} | {wall[k][0]:.4f} - {wall[k][2]:.4f} | "
+              f"{cpu[k][1]:.4f} | {cpu[k][0]:.4f} - {cpu[k][2]:.4f} |")
+    print(f"speed-up (median base / median head): wall {wall['base'][1] / wall['head'][1]:.2f}x, "
+          f"CPU {cpu['base'][1] / cpu['head'][1]:.2f}x")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ def load_spec(path) -> dict:
                               f"kind ({' | '.join(KINDS)}) and overrides")
         if not all(isinstance(o, str) and "=" in o for o in v.get("overrides") or []):
             raise ConfigError(f"{path}: variants.{name}: overrides are KEY=VALUE strings")
+        own = v.get("seeds")
+        if own is not None and not (isinstance(own, list) and own and set(own) <= set(seeds)):
+            raise ConfigError(f"{path}: variants.{name}.seeds must be a non-empty list of the "
+                              f"grid's seeds {seeds}, got {own!r}")
         if v.get("kind") == "second_stage":
             _check_second_stage(path, name, v, spec["variants"])
         spec["variants"][name] = v
@@ -106,7 +110,7 @@ def cells(spec: dict, only=None) -> list[Cell]:
     out = []
     for seed in spec["seeds"]:
         for name, v in spec["variants"].items():
-            if only and name not in only:
+            if (only and name not in only) or seed not in v.get("seeds", spec["seeds"]):
                 continue
             out.append(Cell(name, seed, v.get("kind", "pdsl"),
                             base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",),
