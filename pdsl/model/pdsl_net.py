@@ -30,7 +30,8 @@ from pdsl.losses import (detection_activation, oicr_pseudo_labels, refinement_lo
                          wsddn_mil_loss)
 from pdsl.model.backbone import build_backbone
 from pdsl.model.cascade import cascade_mask_inputs
-from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
+from pdsl.model.heads import (BoxHead, MaskHead, RefinementHead, WSDDNHead, channels_last_on_cpu,
+                              wsddn_image_scores)
 from pdsl.model.inputs import check_inputs
 from pdsl.model.mask_branch import mask_branch_losses
 from pdsl.model.seeds import seed_mask_targets, select_seeds
@@ -152,6 +153,7 @@ class PDSLNet(nn.Module):
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, frozen_bn=frozen_bn,
                                        freeze_at=freeze_at)
+        self._backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
         cf = self.backbone.out_channels
         scale = 1.0 / self.backbone.stride
         self.box_head = BoxHead(cf, hidden_dim, dropout, spatial_scale=scale,
@@ -185,6 +187,8 @@ class PDSLNet(nn.Module):
         check_inputs(images, proposals, proposal_scores, targets, self.num_classes,
                      self.training)
         proposals = [p.to(images.dtype) for p in proposals]
+        if not self._backbone_trains:  # frozen: channels-last convolutions (no gradient routes
+            images = channels_last_on_cpu(images)  # through its features' rounding)
         features = self.backbone(images)
         if self.training:
             return self._losses(features, proposals, proposal_scores, targets,
