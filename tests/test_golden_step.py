@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from pdsl.model import PDSLNet
+from test_model import _batch as model_batch
 
 FIXTURE = Path(__file__).with_name("fixtures") / "golden_step.npz"
 NUM_CLASSES = 3
@@ -37,23 +38,9 @@ SWITCHES = dict(
 )
 
 
-def _batch(size=64, P=24, B_bank=8):
-    g = torch.Generator().manual_seed(7)
-    labels = [[1, 0, 1], [0, 1, 0]]
-    images = torch.randn(len(labels), 3, size, size, generator=g)
-    proposals, scores, targets = [], [], []
-    for lab in labels:
-        xy = torch.rand(P, 2, generator=g) * size * 0.3
-        wh = 16 + torch.rand(P, 2, generator=g) * size * 0.4
-        props = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
-        proposals.append(props)
-        scores.append(torch.rand(P, generator=g))
-        targets.append({"labels": torch.tensor(lab, dtype=torch.float32),
-                        "bank_masks": torch.rand(B_bank, 28, 28, generator=g),
-                        "bank_boxes": props[:B_bank].clone(),
-                        "proposal_to_bank": torch.randint(0, B_bank, (P,), generator=g),
-                        "bank_valid": torch.rand(B_bank, generator=g) > 0.2})
-    return images, proposals, scores, targets
+def _batch():
+    return model_batch([[1, 0, 1], [0, 1, 0]], P=24, size=64, B_bank=8, seed=7, xy_frac=0.3,
+                       wh_min=16)
 
 
 def golden_step(switches=SWITCHES) -> dict[str, np.ndarray]:

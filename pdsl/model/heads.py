@@ -157,18 +157,32 @@ class MaskHead(nn.Module):
     def forward(self, features: Tensor, boxes: list[Tensor],
                 labels: Tensor | None = None) -> tuple[Tensor, list[Tensor]]:
         """features [B, Cf, h, w], boxes list of [K_i, 4] (resized-image frame), labels
-        LongTensor[ΣK_i] (0-based class of each box; needed when ``M^0`` has a channel per
-        class) → (``M^0`` logits [ΣK_i, 28, 28], at each box's class channel when per class;
-        [n_mask × logits [ΣK_i, n_c, 28, 28]]), box frame."""
+        LongTensor[ΣK_i] (0-based class of each box) → (``M^0`` logits [ΣK_i, 28, 28], at each
+        box's class channel when it has one per class; n_mask × ``M^k`` logits [ΣK_i, 28, 28] at
+        each box's class), box frame. Only the channels read are computed: each box's predictor
+        rows (1×1 convolutions) gathered at its class and applied in one batched product.
+        ``labels=None``: every channel ([ΣK_i, C0, 28, 28] and n_mask × [ΣK_i, n_c, 28, 28])."""
         x = torch.relu(self.deconv(self.tower(channels_last_on_cpu(self.pool(features, boxes)))))
-        agnostic = self.agnostic(x)
-        if agnostic.shape[1] == 1:
-            agnostic = agnostic[:, 0]
+        if labels is None:
+            return self.agnostic(x), [head(x) for head in self.specific]
+        K = x.shape[0]
+        if labels.shape != (K,):
+            raise ValueError(f"MaskHead: one label per box expected ([ΣK_i = {K}]), got "
+                             f"{tuple(labels.shape)}")
+        labels = labels.long().to(x.device)
+        ag_rows = 0 if self.agnostic.out_channels == 1 else labels            # [K] or one row
+        w = [self.agnostic.weight[:, :, 0, 0][ag_rows].expand(K, -1)]          # [K, D] each
+        b = [self.agnostic.bias[ag_rows].expand(K)]
+        for head in self.specific:
+            w.append(head.weight[:, :, 0, 0][labels])
+            b.append(head.bias[labels])
+        flat = x.flatten(2)                                                    # [K, D, M·M]
+        M = x.shape[-1]
+        if self.detach_chain and self.specific:  # a diagnostic: the chain cannot shape the tower
+            out = torch.cat([torch.baddbmm(b[0][:, None, None], w[0][:, None], flat),
+                             torch.baddbmm(torch.stack(b[1:], 1)[..., None],
+                                           torch.stack(w[1:], 1), flat.detach())], 1)
         else:
-            if labels is None or labels.shape != (agnostic.shape[0],):
-                raise ValueError(f"MaskHead: M^0 has one channel per class, so labels [ΣK_i = "
-                                 f"{agnostic.shape[0]}] are needed, got "
-                                 f"{None if labels is None else tuple(labels.shape)}")
-            agnostic = agnostic[torch.arange(agnostic.shape[0], device=x.device), labels.long()]
-        xs = x.detach() if self.detach_chain else x  # a diagnostic: the chain cannot shape the tower
-        return agnostic, [head(xs) for head in self.specific]
+            out = torch.baddbmm(torch.stack(b, 1)[..., None], torch.stack(w, 1), flat)
+        out = out.reshape(K, 1 + len(self.specific), M, M)                     # [K, 1 + n_m, M, M]
+        return out[:, 0], [out[:, k] for k in range(1, out.shape[1])]

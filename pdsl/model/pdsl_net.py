@@ -261,9 +261,8 @@ class PDSLNet(nn.Module):
         agnostic, specific = self.mask_head(features, boxes, lab.to(features.device))
         if self.n_mask == 0 or head == "agnostic":
             return torch.sigmoid(agnostic)
-        idx = torch.arange(lab.numel(), device=lab.device)
         chosen = specific if head == "mean" else specific[head - 1:head]
-        return torch.sigmoid(torch.stack([s[idx, lab] for s in chosen]).mean(0))
+        return torch.sigmoid(torch.stack(chosen).mean(0))
 
     # ------------------------------------------------------------------------------------------
     def _losses(self, features, proposals, proposal_scores, targets, image_size=None) -> dict:
@@ -317,10 +316,7 @@ class PDSLNet(nn.Module):
         counts = [b.shape[0] for b in mask_boxes]
         agnostic = agnostic.split(counts)
         specific = [s.split(counts) for s in specific]
-        spec = []
-        for i, cls_fg in enumerate(mask_cls):
-            idx = torch.arange(cls_fg.numel(), device=cls_fg.device)
-            spec.append([s[i][idx, cls_fg] for s in specific])             # n_m × [K, 28, 28]
+        spec = [[s[i] for s in specific] for i in range(len(mask_cls))]   # n_m × [K_i, 28, 28]
         mask_losses, self.last_diagnostics = mask_branch_losses(self, list(agnostic), spec,
                                                                 mask_info)
         out = {k: torch.stack(v).mean() for k, v in losses.items()}
