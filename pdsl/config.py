@@ -43,6 +43,9 @@ CHOICES = {
     "model.acl_target": ("matched_top", "own"),
     "model.box_pooler": ("roipool", "roialign"),
     "model.learning": ("parallel", "cascade"),
+    "model.mask0_channels": ("per_class", "single"),
+    "model.seed_pool": ("foreground", "all"),
+    "model.mask_loss_mean": ("batch", "image"),
     "train.device": ("auto", "cpu", "cuda"),
     "solver.amp": ("off", "fp16", "bf16"),
 }
@@ -58,6 +61,39 @@ def _amp_word(value):
 
 # Keys whose value is rewritten before type checking (backward compatibility).
 NORMALIZE = {"solver.amp": _amp_word}
+
+# Keys added with a default that changes behaviour: a config saved before the key existed (a run
+# directory's config.yaml, a checkpoint's or a release's config) keeps the value it was trained
+# with, given here, instead of the new default (see ``saved=`` of :func:`load_config`).
+LEGACY = {
+    "model.mask0_channels": "single",
+    "model.seed_pool": "all",
+    "model.mask_loss_mean": "image",
+    "model.mask_sampling_ratio": 2,
+}
+
+
+def _has_key(d: dict, dotted: str) -> bool:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return False
+        d = d[part]
+    return True
+
+
+def legacy_values(saved: dict) -> dict:
+    """``{dotted key: value}`` of the :data:`LEGACY` keys that the saved config ``saved`` lacks:
+    what a run made before those keys existed was trained with."""
+    return {k: v for k, v in LEGACY.items() if not _has_key(saved, k)}
+
+
+def _apply(cfg: "Config", values: dict) -> None:
+    for key, v in values.items():
+        *parents, last = key.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        node[last] = v
 
 
 class Config(dict):
@@ -229,10 +265,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config: train.checkpoint_period and train.log_period must be >= 1")
 
 
-def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
+def load_config(path: str | os.PathLike | None = None, overrides=(),
+                saved: dict | None = None) -> Config:
     """Resolve ``defaults ← file at path (if any) ← overrides`` ("a.b=value" strings or
-    ``(key, value)`` pairs) and validate."""
+    ``(key, value)`` pairs) and validate. ``saved``: the config a run directory already holds
+    (resuming it): keys it lacks start from the values it was trained with (:data:`LEGACY`)
+    instead of today's defaults."""
     cfg = default_config()
+    if saved is not None:
+        _apply(cfg, legacy_values(saved))
     if path is not None:
         _merge(cfg, _read_yaml(path), f"config {path}")
     for item in overrides:
@@ -245,6 +286,7 @@ def load_config(path: str | os.PathLike | None = None, overrides=()) -> Config:
 def config_from_dict(d: dict) -> Config:
     """A config saved in a checkpoint or run dir, merged onto the current defaults."""
     cfg = default_config()
+    _apply(cfg, legacy_values(d))  # keys it predates: the values it was trained with
     _merge(cfg, d, "saved config")
     validate(cfg)
     return cfg

@@ -115,12 +115,13 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool, kind: str = "pdsl") -> 
         if old_cfg is not None:
             a, b = _flat(_hashed_part(old_cfg)), _flat(_hashed_part(cfg_dict))
             keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            if keys and all(k not in a and b.get(k) == _defaults().get(k) for k in keys):
-                # keys a later version added, at their defaults: the same run
+            if keys and all(k not in a and b.get(k) in _unchanged(k) for k in keys):
+                # keys a later version added, at their defaults (or, for a key whose default
+                # changed behaviour, at the value the run was trained with): the same run
                 import sys
 
                 print(f"resume {run_dir}: made before the config keys {', '.join(keys)} "
-                      f"existed; they keep their defaults", file=sys.stderr)
+                      f"existed; they keep the values it was trained with", file=sys.stderr)
                 return True
             diff = "; differs in " + ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
                                                for k in keys[:6]) + (" ..." if len(keys) > 6 else "")
@@ -130,6 +131,21 @@ def check_run_dir(run_dir, cfg_dict: dict, resume: bool, kind: str = "pdsl") -> 
             f"{run_dir / 'config.yaml'}): resume with it, or train into a new --out (nothing "
             f"was changed)")
     return True
+
+
+def recorded_config(run_dir) -> dict | None:
+    """The config dict a run directory holds (its ``config.yaml``), or None."""
+    cfg = _recorded(Path(run_dir))[1] if Path(run_dir).is_dir() else None
+    return cfg if isinstance(cfg, dict) else None
+
+
+def _unchanged(key: str) -> tuple:
+    """Values of a key that a run made before the key existed may resume with: its default, and
+    for a key whose new default changed behaviour the old value (``pdsl.config.LEGACY``)."""
+    from .config import LEGACY
+
+    d = _defaults().get(key)
+    return (d, LEGACY[key]) if key in LEGACY else (d,)
 
 
 def _defaults() -> dict:

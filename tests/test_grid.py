@@ -272,3 +272,51 @@ def test_labels_of_an_unfinished_cell_made_with_other_parameters_are_refused(tmp
     labels.write_text(json.dumps({"info": {"params": asdict(PseudoLabelParams(masks="grabcut"))},
                                   "annotations": []}))
     assert GR._pseudo_labels(cell, spec, tmp_path)[0] == labels  # the same labelling: reused
+
+
+def test_learning_curve_per_cell_and_per_variant(data, tmp_path):
+    """eval.curve N: every checkpoint of every cell is scored on N images; the summary holds the
+    mean ± std over seeds at each step, the table one row per variant, and a curve plot."""
+    spec = _spec(data, tmp_path / "g.yaml", {"base": ["train.checkpoint_period=1"]}, seeds=(0, 1))
+    d = yaml.safe_load(spec.read_text())
+    d["eval"]["curve"] = 2
+    spec.write_text(yaml.safe_dump(d))
+    out = tmp_path / "cells"
+    G.run_grid(spec, out, echo=lambda m: None)
+    rec = json.loads((out / "base" / "seed0" / "cell.json").read_text())
+    assert rec["eval_curve"] == 2
+    assert [r["step"] for r in rec["curve"]] == [1, 2]
+    assert all("mask_AP75" in r and r["images"] == 2 for r in rec["curve"])
+    summary = G.write_results(spec, out, tmp_path / "res" / "t")
+    c = summary["rows"]["base"]["curve"]
+    seeds = [json.loads((out / "base" / f"seed{s}" / "cell.json").read_text())["curve"]
+             for s in (0, 1)]
+    want = (seeds[0][0]["mask_AP50"] + seeds[1][0]["mask_AP50"]) / 2
+    assert c[1]["mask_AP50"]["mean"] == pytest.approx(want) and c[1]["mask_AP50"]["n"] == 2
+    md = (tmp_path / "res" / "t.md").read_text()
+    assert "| learning curve: mask_AP50 at step (mean ± std over seeds) | 1 | 2 |" in md
+    assert (tmp_path / "res" / "t_curve.png").stat().st_size > 0
+    # a grid without the key keeps the record of older grids (no eval_curve, no curve)
+    from pdsl.engine.grid.spec import cell_record
+
+    old = G.load_spec(_spec(data, tmp_path / "h.yaml", {"base": []}))
+    assert "eval_curve" not in cell_record(G.cells(old)[0], old)
+
+
+def test_bad_curve_value_names_the_field(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": []})
+    d = yaml.safe_load(spec.read_text())
+    d["eval"]["curve"] = "all"
+    spec.write_text(yaml.safe_dump(d))
+    with pytest.raises(ConfigError, match="eval.curve must be an integer"):
+        G.load_spec(spec)
+
+
+def test_a_variant_runs_on_its_own_subset_of_the_seeds(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": [], "probe": {"overrides": [], "seeds": [1]}},
+                 seeds=(0, 1))
+    got = [(c.variant, c.seed) for c in G.cells(G.load_spec(spec))]
+    assert got == [("base", 0), ("base", 1), ("probe", 1)]
+    bad = _spec(data, tmp_path / "b.yaml", {"probe": {"overrides": [], "seeds": [5]}})
+    with pytest.raises(ConfigError, match="variants.probe.seeds must be"):
+        G.load_spec(bad)

@@ -163,13 +163,13 @@ def test_seed_mask_targets():
 C = 3
 
 
-def _batch(labels, P=20, size=64, B_bank=12, seed=0):
+def _batch(labels, P=20, size=64, B_bank=12, seed=0, xy_frac=0.6, wh_min=8):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(len(labels), 3, size, size, generator=g)
     proposals, scores, targets = [], [], []
     for lab in labels:
-        xy = torch.rand(P, 2, generator=g) * size * 0.6
-        wh = 8 + torch.rand(P, 2, generator=g) * size * 0.4
+        xy = torch.rand(P, 2, generator=g) * size * xy_frac
+        wh = wh_min + torch.rand(P, 2, generator=g) * size * 0.4
         props = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
         proposals.append(props)
         scores.append(torch.rand(P, generator=g))
@@ -232,7 +232,8 @@ def test_predict_masks_head_choice():
     lab = torch.tensor([0, 2, 1])
     with torch.no_grad():
         feats = model.backbone(images)
-        agnostic, specific = model.mask_head(feats, [props[0][:3]])
+        agnostic, specific = model.mask_head(feats, [props[0][:3]])          # every channel
+        agnostic = agnostic[torch.arange(3), lab]                          # per class (default)
         pick = [model.predict_masks(feats, [props[0][:3]], [lab], head=k) for k in (1, 2, 3)]
         mean = model.predict_masks(feats, [props[0][:3]], [lab])
         ag = model.predict_masks(feats, [props[0][:3]], [lab], head="agnostic")

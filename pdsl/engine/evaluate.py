@@ -191,7 +191,7 @@ def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto"
         m = ev.evaluate()
         step = int(torch.load(ck, map_location="cpu", weights_only=True)["step"])
         row = {"step": step, "mask_AP50": m.get("segm", {}).get("AP50"),
-               "box_AP50": m["bbox"]["AP50"],
+               "mask_AP75": m.get("segm", {}).get("AP75"), "box_AP50": m["bbox"]["AP50"],
                "cls_mAP": m["classification"]["mAP"], "images": len(images)}
         mask50 = float("nan") if row["mask_AP50"] is None else row["mask_AP50"]
         click.echo(f"ap-curve: step {step}: mask AP50 {mask50:.1f}, box AP50 "

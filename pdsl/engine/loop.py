@@ -95,6 +95,32 @@ def optimizer_step(model, optimizer, scheduler, scaler, loss_dict: dict, step: i
     return lr
 
 
+DIAG_PREFIX = "diag_"  # metrics.jsonl keys that are diagnostics, not loss terms (never summed)
+
+
+def add_diagnostics(totals: dict, diag: dict | None) -> None:
+    """Add one forward pass's ``{name: (sum, count)}`` diagnostics (PDSLNet.last_diagnostics)
+    into ``totals``."""
+    for k, (s, c) in (diag or {}).items():
+        ts, tc = totals.get(k, (0.0, 0.0))
+        totals[k] = (ts + float(s), tc + float(c))
+
+
+def diagnostics_line(totals: dict, world: int = 1) -> dict:
+    """``{"diag_" + name: sum / count}`` over the step's passes (and processes); a name whose
+    count is 0 (e.g. no foreground RoI in the step) is left out."""
+    keys = sorted(totals)
+    if world > 1 and keys:
+        import torch.distributed as dist
+
+        dev = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        t = torch.tensor([[totals[k][0], totals[k][1]] for k in keys], dtype=torch.float64,
+                         device=dev)
+        dist.all_reduce(t)
+        totals = {k: (float(t[i, 0]), float(t[i, 1])) for i, k in enumerate(keys)}
+    return {DIAG_PREFIX + k: round(s / c, 6) for k in keys for s, c in [totals[k]] if c > 0}
+
+
 def step_seed(seed: int, step: int, slot: int) -> int:
     """torch seed of forward pass ``slot`` (= micro-batch × world + rank) of step ``step``."""
     return int(np.random.SeedSequence([int(seed), int(step), int(slot), 7]).generate_state(1)[0])

@@ -32,22 +32,24 @@ from ..amp import autocast, effective_amp, grad_scaler
 from ..config import load_config, to_dict
 from ..data import Collate, TrainDataset, batch_to_device, log
 from ..errors import ConfigError
-from ..rundir import check_run_dir
+from ..rundir import check_run_dir, recorded_config
 from .checkpoint import (_model_state, build_model, check_classes,  # noqa: F401
                          last_checkpoint, load_checkpoint, restore_training_state,
                          save_checkpoint)
-from .loop import (Progress, TrainingDiverged, build_optimizer, device_kind, diverged,
-                   lr_factor, open_run_dir, optimizer_step, report_config_changes, step_seed,
-                   train_loader, truncate_metrics)
+from .loop import (Progress, TrainingDiverged, add_diagnostics, build_optimizer, device_kind,
+                   diagnostics_line, diverged, lr_factor, open_run_dir, optimizer_step,
+                   report_config_changes, step_seed, train_loader, truncate_metrics)
 
 
 # -- pieces ----------------------------------------------------------------------------------------
 def loss_weights(cfg, step: int) -> dict:
     """Weights of the loss terms at optimiser step ``step`` (0-based): 1 for every term except
     ``loss_acl``, which ramps linearly from 0 at step 0 to 1 at ``solver.acl_warmup_iters`` (a
-    warm-up of the correlation loss while the detector's scores are still low; 0 = off)."""
+    warm-up of the correlation loss while the detector's scores are still low; 0 = off), and
+    ``loss_mask_specific``, 0 before ``solver.chain_start_iter`` (the mask chain starts late)."""
     warm = cfg.solver.acl_warmup_iters
-    return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0}
+    return {"loss_acl": min(1.0, step / warm) if warm > 0 else 1.0,
+            "loss_mask_specific": 1.0 if step >= cfg.solver.chain_start_iter else 0.0}
 
 
 # -- distributed -----------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
     t_start = time.perf_counter()
     data_time = cue_time = 0.0
     loss_sum = None
+    diag: dict = {}  # the mask chain's diagnostics, (sum, count) over the step's passes
     for k in range(ctx.accum):
         t0 = time.perf_counter()
         batch = next(data_iter)
@@ -119,11 +122,13 @@ def run_step(model, data_iter, optimizer, scheduler, scaler, step: int, ctx: Ste
             scaler.scale(total / ctx.accum).backward()
         vec = torch.stack([v.detach().float() for v in losses.values()])
         loss_sum = vec if loss_sum is None else loss_sum + vec
+        add_diagnostics(diag, getattr(net, "last_diagnostics", None))
     loss_vec = _reduce_mean(loss_sum / ctx.accum, ctx.world).cpu()
     loss_dict = {name: float(v) for name, v in zip(losses, loss_vec)}
     lr = optimizer_step(model, optimizer, scheduler, scaler, loss_dict, step,
                         ctx.cfg.solver.clip_grad_norm)
     return {"step": step + 1, "lr": lr, **loss_dict, "total": sum(loss_dict.values()),
+            **diagnostics_line(diag, ctx.world),
             "data_time": round(data_time, 4), "cue_time": round(cue_time, 4),
             "step_time": round(time.perf_counter() - t_start, 4)}
 
@@ -149,7 +154,8 @@ def train(config_path, manifest, cues, out_dir, max_iter: int | None = None, res
     from ..manifest import load_manifest
 
     overrides = list(overrides) + ([("solver.max_iter", int(max_iter))] if max_iter else [])
-    cfg = load_config(config_path, overrides)
+    # resuming: keys the run's saved config predates keep the values it was trained with
+    cfg = load_config(config_path, overrides, saved=recorded_config(out_dir) if resume else None)
     if cfg.train.threads:
         torch.set_num_threads(int(cfg.train.threads))
     kind = device_kind(cfg.train.device)

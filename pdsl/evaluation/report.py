@@ -124,11 +124,37 @@ def _smooth(y, k=20):
     return np.concatenate([y[:k - 1], out])
 
 
-def loss_curves(run_dir: Path, path) -> bool:
-    f = run_dir / "metrics.jsonl"
+def _metrics_rows(run_dir: Path) -> list:
+    f = Path(run_dir) / "metrics.jsonl"
     if not f.is_file():
+        return []
+    return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+
+def mask_chain_curves(run_dir: Path, targets_path, bce_path) -> bool:
+    """The mask chain's diagnostics over training (the ``diag_*`` keys of metrics.jsonl): for
+    M^0 and each M^k the fraction of target RoIs that are empty before the fallback and the
+    fraction given the filled box; each head's BCE and the mean ACL target score."""
+    rows = _metrics_rows(run_dir)
+    keys = sorted({k for r in rows for k in r if k.startswith("diag_")})
+    if not keys:
         return False
-    rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    steps = [r["step"] for r in rows]
+
+    def series(ks):
+        return {k[len("diag_"):]: (steps, _smooth([r.get(k, math.nan) for r in rows])) for k in ks}
+
+    plot_curves(series([k for k in keys if "fallback" in k]),
+                "mask chain targets: fraction empty before the fallback / filled box", "step",
+                targets_path, size=(760, 400))
+    plot_curves(series([k for k in keys if k.endswith("_bce") or k == "diag_acl_target"]),
+                "mask chain: each head's BCE, mean ACL target (moving average, 20 steps)", "step",
+                bce_path, size=(760, 400))
+    return True
+
+
+def loss_curves(run_dir: Path, path) -> bool:
+    rows = _metrics_rows(run_dir)
     if not rows:
         return False
     keys = [k for k in rows[0] if k.startswith("loss")]
@@ -208,6 +234,8 @@ def write_report(out_dir: Path, run_dir: Path, manifest, store, preds: dict, met
     if seed_rows:
         _imwrite(out_dir / "seed_masks.png", _tile(seed_rows))
     has_loss = loss_curves(run_dir, out_dir / "loss_curves.png")
+    has_chain = mask_chain_curves(run_dir, out_dir / "mask_chain_targets.png",
+                                  out_dir / "mask_chain_bce.png")
     has_ap = ap_curve_plot(run_dir, out_dir / "ap_curve.png")
     L = [f"# PDSL evaluation: {manifest.dataset} {manifest.split}", "",
          f"Run `{run_dir}`, checkpoint `{metrics.get('checkpoint')}`; {metrics.get('images')} images; "
@@ -232,6 +260,9 @@ def write_report(out_dir: Path, run_dir: Path, manifest, store, preds: dict, met
         L += ["## Training", "", "![](loss_curves.png)", ""]
     if has_ap:
         L += ["![](ap_curve.png)", ""]
+    if has_chain:
+        L += ["### The mask chain (M^0 -> M^1 -> ... targets)", "", "![](mask_chain_targets.png)",
+              "", "![](mask_chain_bce.png)", ""]
     path = out_dir / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(L))

@@ -26,13 +26,14 @@ from torch import Tensor, nn
 from pdsl.config import CHOICES
 from pdsl.errors import ConfigError
 from pdsl.box_coder import decode_box_deltas
-from pdsl.losses import (activation_correlation_loss, detection_activation, instance_activation,
-                         mask_self_training_loss, oicr_pseudo_labels, refinement_loss,
+from pdsl.losses import (detection_activation, oicr_pseudo_labels, refinement_loss,
                          wsddn_mil_loss)
 from pdsl.model.backbone import build_backbone
 from pdsl.model.cascade import cascade_mask_inputs
-from pdsl.model.heads import BoxHead, MaskHead, RefinementHead, WSDDNHead, wsddn_image_scores
+from pdsl.model.heads import (BoxHead, MaskHead, RefinementHead, WSDDNHead, channels_last_on_cpu,
+                              wsddn_image_scores)
 from pdsl.model.inputs import check_inputs
+from pdsl.model.mask_branch import mask_branch_losses
 from pdsl.model.seeds import seed_mask_targets, select_seeds
 
 LOSS_KEYS = ("loss_mil", "loss_refine", "loss_mask_agnostic", "loss_mask_specific", "loss_acl")
@@ -74,6 +75,17 @@ class PDSLNet(nn.Module):
             proposal's own score, paper eq. 8).
         acl_agnostic: ACL also on the class-agnostic head M⁰ (authors; eq. 6 sums m = 1..n_m).
         box_pooler: ``roipool`` (paper, authors) | ``roialign``.
+        mask0_channels: ``per_class`` (``M^0`` has a channel per class and learns on the channel
+            of the proposal's class: the authors' code, detectron2's class-specific mask loss) |
+            ``single`` (one class-agnostic channel, the paper's text).
+        seed_pool: the seeds are the ``n_seed`` proposals nearest each class's top box among the
+            ``foreground`` proposals (authors) | among ``all`` proposals (the paper's text).
+        mask_loss_mean: each mask BCE term is the mean over all pixels of all foreground RoIs of
+            the ``batch`` (authors, detectron2) | each ``image``'s mean, then the mean over images.
+        mask_sampling_ratio: RoIAlign samples per bin side in the mask branch (0 = adaptive, the
+            authors' detectron2 default; 2 was this code's earlier value).
+        chain_detach_tower: the class-specific heads read the mask tower's output detached, so
+            only M^0 (and ACL on M^0) trains the shared tower (a diagnostic, not in the paper).
         learning: ``parallel`` (PDSL, §3) | ``cascade``: the detection-to-segmentation baseline
             of Fig. 3 (§4.4; ``pdsl.model.cascade``): the mask heads train on the last head's
             detected boxes and the proposals assigned to them, with pseudo masks derived from
@@ -91,14 +103,17 @@ class PDSLNet(nn.Module):
                  mask_targets: str = "binary", empty_mask_to_box: bool = True,
                  mask_specific_weight: str = "none", acl_target: str = "matched_top",
                  acl_agnostic: bool = True, box_pooler: str = "roipool",
-                 learning: str = "parallel"):
+                 learning: str = "parallel", mask0_channels: str = "per_class",
+                 seed_pool: str = "foreground", mask_loss_mean: str = "batch",
+                 mask_sampling_ratio: int = 0, chain_detach_tower: bool = False):
         super().__init__()
         for name, v in (("mil_reduction", mil_reduction), ("refine_pseudo_box", refine_pseudo_box),
                         ("refine_weight", refine_weight), ("refine_box_loss", refine_box_loss),
                         ("mask_targets", mask_targets),
                         ("mask_specific_weight", mask_specific_weight),
                         ("acl_target", acl_target), ("box_pooler", box_pooler),
-                        ("learning", learning)):
+                        ("learning", learning), ("mask0_channels", mask0_channels),
+                        ("seed_pool", seed_pool), ("mask_loss_mean", mask_loss_mean)):
             choices = CHOICES[f"model.{name}"]
             if v not in choices:
                 raise ConfigError(f"PDSLNet: {name} must be one of {', '.join(choices)}, got {v!r}")
@@ -112,6 +127,11 @@ class PDSLNet(nn.Module):
         self.mask_specific_weight, self.acl_target = mask_specific_weight, acl_target
         self.acl_agnostic = bool(acl_agnostic)
         self.learning = learning
+        self.mask0_channels, self.seed_pool = mask0_channels, seed_pool
+        self.mask_loss_mean = mask_loss_mean
+        if not isinstance(mask_sampling_ratio, int) or mask_sampling_ratio < 0:
+            raise ConfigError(f"PDSLNet: mask_sampling_ratio must be an integer ≥ 0, got "
+                              f"{mask_sampling_ratio!r}")
         if learning == "cascade" and acl:
             raise ConfigError("PDSLNet: learning=cascade needs acl=False (ACL, eq. 6-8, is the "
                               "parallel branches' coupling; the cascade has no feedback)")
@@ -133,6 +153,7 @@ class PDSLNet(nn.Module):
 
         self.backbone = build_backbone(backbone, pretrained=pretrained, frozen_bn=frozen_bn,
                                        freeze_at=freeze_at)
+        self._backbone_trains = any(p.requires_grad for p in self.backbone.parameters())
         cf = self.backbone.out_channels
         scale = 1.0 / self.backbone.stride
         self.box_head = BoxHead(cf, hidden_dim, dropout, spatial_scale=scale,
@@ -140,7 +161,10 @@ class PDSLNet(nn.Module):
         self.wsddn = WSDDNHead(hidden_dim, num_classes)
         self.refine = nn.ModuleList(RefinementHead(hidden_dim, num_classes)
                                     for _ in range(n_refine))
-        self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim, spatial_scale=scale)
+        self.mask_head = MaskHead(cf, num_classes, n_mask, mask_dim, spatial_scale=scale,
+                                  sampling_ratio=mask_sampling_ratio,
+                                  agnostic_channels=num_classes if mask0_channels == "per_class"
+                                  else 1, detach_chain=chain_detach_tower)
 
     # ------------------------------------------------------------------------------------------
     def forward(self, images: Tensor, proposals: list[Tensor],
@@ -163,6 +187,8 @@ class PDSLNet(nn.Module):
         check_inputs(images, proposals, proposal_scores, targets, self.num_classes,
                      self.training)
         proposals = [p.to(images.dtype) for p in proposals]
+        if not self._backbone_trains:  # frozen: channels-last convolutions (no gradient routes
+            images = channels_last_on_cpu(images)  # through its features' rounding)
         features = self.backbone(images)
         if self.training:
             return self._losses(features, proposals, proposal_scores, targets,
@@ -221,7 +247,7 @@ class PDSLNet(nn.Module):
                 ``k`` in 1..n_m (``M^k`` alone).
         Returns: Tensor[ΣK_i, 28, 28] probabilities in each box's frame: sigmoid of the mean of
         the class-specific heads' logits at the box's class (the authors' code averages logits),
-        or the class-agnostic head when n_m = 0.
+        or ``M^0`` when n_m = 0 (at the box's class channel when it has one per class).
         """
         if len(boxes) != features.shape[0] or len(labels) != len(boxes):
             raise ValueError(f"predict_masks: one boxes/labels entry per image expected: "
@@ -231,19 +257,18 @@ class PDSLNet(nn.Module):
             raise ValueError(f"predict_masks: head must be 'mean', 'agnostic' or 1..{self.n_mask}, "
                              f"got {head!r}")
         boxes = [b.to(features.dtype) for b in boxes]
-        agnostic, specific = self.mask_head(features, boxes)
+        lab = torch.cat(labels).long() if labels else torch.zeros(0, dtype=torch.long)
+        agnostic, specific = self.mask_head(features, boxes, lab.to(features.device))
         if self.n_mask == 0 or head == "agnostic":
             return torch.sigmoid(agnostic)
-        lab = torch.cat(labels).long()
-        idx = torch.arange(lab.numel(), device=lab.device)
         chosen = specific if head == "mean" else specific[head - 1:head]
-        return torch.sigmoid(torch.stack([s[idx, lab] for s in chosen]).mean(0))
+        return torch.sigmoid(torch.stack(chosen).mean(0))
 
     # ------------------------------------------------------------------------------------------
     def _losses(self, features, proposals, proposal_scores, targets, image_size=None) -> dict:
         s0, refine = self._heads(features, proposals, proposal_scores)
-        losses = {k: [] for k in LOSS_KEYS}
-        mask_boxes, mask_info = [], []
+        losses = {k: [] for k in ("loss_mil", "loss_refine")}
+        mask_boxes, mask_cls, mask_info = [], [], []
         image_w = (self.refine_weight == "image_score")
         for i, props in enumerate(proposals):
             tgt = targets[i]
@@ -256,7 +281,6 @@ class PDSLNet(nn.Module):
             # boxes when refine_pseudo_box = regressed).
             prev = s0[i].detach()
             prev_boxes = None
-            last_probs = None
             loss_ref = s0[i].sum() * 0  # n_r = 0: no refinement term (eq. 4)
             for r in refine:
                 logits, deltas = r[i]
@@ -264,8 +288,7 @@ class PDSLNet(nn.Module):
                                                         pseudo_boxes=prev_boxes, image_scores=y_w)
                 loss_ref = loss_ref + refinement_loss(logits, deltas, cls_r, w, reg_t,
                                                       box_loss=self.refine_box_loss)
-                last_probs = torch.softmax(logits, dim=1)
-                prev = last_probs[:, 1:].detach()
+                prev = torch.softmax(logits, dim=1)[:, 1:].detach()
                 if self.refine_pseudo_box == "regressed":
                     prev_boxes = decode_box_deltas(deltas.detach(), props)     # [P, C, 4]
             losses["loss_refine"].append(loss_ref)
@@ -274,58 +297,50 @@ class PDSLNet(nn.Module):
                     prev, props, t, prev_boxes, self.fg_iou, self.mask_per_image,
                     tgt["bank_masks"], tgt["bank_boxes"], tgt["proposal_to_bank"],
                     tgt.get("bank_valid"), image_size)
-                if self.mask_targets == "binary":
-                    m_t = (m_t >= 0.5).to(m_t.dtype)
-                mask_boxes.append(boxes_i)
-                w_mask = y.detach()[cls_fg] if self.mask_specific_weight == "image_score" else None
-                mask_info.append((cls_fg, m_t, m_valid, w_mask, None))
-                continue
-
-            # Mask proposals (eq. 5, 7): t_p^{n_r} = class of the last head's top (pseudo) box
-            # that the proposal overlaps with IoU ≥ fg_iou (the authors' code: the last head's
-            # own output, the same top box the seeds are drawn around); S^0 when n_r = 0.
-            cls_t, _, _, matched = oicr_pseudo_labels(prev, props, t, self.fg_iou,
-                                                      pseudo_boxes=prev_boxes)
-            fg = torch.nonzero(cls_t > 0).flatten()
-            if fg.numel() > self.mask_per_image:
-                fg = fg[torch.randperm(fg.numel(), device=fg.device)[:self.mask_per_image]]
-            cls_fg = cls_t[fg] - 1                                          # 0-based class
-            # â_p (eq. 7–8): the matched top box's score or the proposal's own score.
-            a_hat = detection_activation(prev, cls_t, matched, fg, self.acl_target)
-            seeds = select_seeds(prev, props, t, self.n_seed, pseudo_boxes=prev_boxes)
-            m_t, m_valid = seed_mask_targets(
-                props, seeds, tgt["bank_masks"], tgt["bank_boxes"].to(props.dtype),
-                tgt["proposal_to_bank"], self.seed_match_iou, tgt.get("bank_valid"),
-                query_idx=fg)
+                a_hat = None
+            else:
+                boxes_i, cls_fg, m_t, m_valid, a_hat = self._mask_targets(prev, props, t,
+                                                                          prev_boxes, tgt)
             if self.mask_targets == "binary":
                 m_t = (m_t >= 0.5).to(m_t.dtype)  # GrabCut masks binarised (authors' >= 0.5)
-            mask_boxes.append(props[fg])
+            mask_boxes.append(boxes_i)
+            mask_cls.append(cls_fg)
             w_mask = y.detach()[cls_fg] if self.mask_specific_weight == "image_score" else None
-            mask_info.append((cls_fg, m_t, m_valid, w_mask, a_hat))
+            mask_info.append((m_t, m_valid, w_mask, a_hat))
 
         # One mask-head call for the whole batch (also when no image has a foreground proposal,
         # so that every parameter takes part in the graph).
         # Cascade: segmentation does not feed back into the backbone (nor detection).
         mask_features = features.detach() if self.learning == "cascade" else features
-        agnostic, specific = self.mask_head(mask_features, mask_boxes)
+        agnostic, specific = self.mask_head(mask_features, mask_boxes, torch.cat(mask_cls))
         counts = [b.shape[0] for b in mask_boxes]
         agnostic = agnostic.split(counts)
         specific = [s.split(counts) for s in specific]
-        for i, (cls_fg, m_t, m_valid, w_mask, a_hat) in enumerate(mask_info):
-            idx = torch.arange(cls_fg.numel(), device=cls_fg.device)
-            spec_i = [s[i][idx, cls_fg] for s in specific]                # n_m × [K, 28, 28]
-            l_ag, l_sp = mask_self_training_loss(agnostic[i], m_t, m_valid, spec_i, w_mask,
-                                                 targets=self.mask_targets,
-                                                 empty_to_box=self.empty_mask_to_box)
-            losses["loss_mask_agnostic"].append(l_ag)
-            losses["loss_mask_specific"].append(l_sp)
-            # eq. 6–8: one ACL term per class-specific head (and on M⁰ with acl_agnostic);
-            # none when ACL is off.
-            l_acl = agnostic[i].sum() * 0
-            if self.acl:
-                heads = ([agnostic[i]] if self.acl_agnostic else []) + spec_i
-                for logits_m in heads:
-                    a = instance_activation(torch.sigmoid(logits_m), self.tau)
-                    l_acl = l_acl + activation_correlation_loss(a, a_hat)
-            losses["loss_acl"].append(l_acl)
-        return {k: torch.stack(v).mean() for k, v in losses.items()}
+        spec = [[s[i] for s in specific] for i in range(len(mask_cls))]   # n_m × [K_i, 28, 28]
+        mask_losses, self.last_diagnostics = mask_branch_losses(self, list(agnostic), spec,
+                                                                mask_info)
+        out = {k: torch.stack(v).mean() for k, v in losses.items()}
+        out.update(mask_losses)
+        return {k: out[k] for k in LOSS_KEYS}
+
+    def _mask_targets(self, prev, props, t, prev_boxes, tgt):
+        """One image's mask proposals and their targets (eq. 5, 7): ``t_p^{n_r}`` = class of the
+        last head's top (pseudo) box that the proposal overlaps with IoU ≥ fg_iou (the authors'
+        code: the last head's own output, the same top box the seeds are drawn around); S^0 when
+        n_r = 0. Returns (boxes [K, 4], 0-based classes [K], M^0 targets [K, 28, 28], valid [K],
+        â_p [K])."""
+        cls_t, _, _, matched = oicr_pseudo_labels(prev, props, t, self.fg_iou,
+                                                  pseudo_boxes=prev_boxes)
+        fg_all = torch.nonzero(cls_t > 0).flatten()
+        fg = fg_all
+        if fg.numel() > self.mask_per_image:
+            fg = fg[torch.randperm(fg.numel(), device=fg.device)[:self.mask_per_image]]
+        cls_fg = cls_t[fg] - 1                                          # 0-based class
+        # â_p (eq. 7–8): the matched top box's score or the proposal's own score.
+        a_hat = detection_activation(prev, cls_t, matched, fg, self.acl_target)
+        seeds = select_seeds(prev, props, t, self.n_seed, pseudo_boxes=prev_boxes,
+                             candidates=fg_all if self.seed_pool == "foreground" else None)
+        m_t, m_valid = seed_mask_targets(
+            props, seeds, tgt["bank_masks"], tgt["bank_boxes"].to(props.dtype),
+            tgt["proposal_to_bank"], self.seed_match_iou, tgt.get("bank_valid"), query_idx=fg)
+        return props[fg], cls_fg, m_t, m_valid, a_hat

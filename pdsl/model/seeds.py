@@ -26,7 +26,8 @@ def _check(cond: bool, msg: str) -> None:
 
 @torch.no_grad()
 def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
-                 n_seed: int = 10, pseudo_boxes: Tensor | None = None) -> Tensor:
+                 n_seed: int = 10, pseudo_boxes: Tensor | None = None,
+                 candidates: Tensor | None = None) -> Tensor:
     """Seed proposals: for each present class the top-scoring proposal of the last detection
     head, then the ``n_seed`` proposals with the highest IoU to it (the top one included,
     IoU 1); union over classes. With ``pseudo_boxes`` (Tensor[P, C, 4], the last head's regressed
@@ -38,8 +39,12 @@ def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
             (``S^0`` when there is none).
         proposals (Tensor[P, 4]): resized-image frame.
         labels (Tensor[C]): multi-hot image labels.
+        candidates (LongTensor[F] or None): the seeds are drawn only from these proposals (the
+            foreground proposals, IoU ≥ fg_iou to a top box: the authors' code ranks the
+            foreground proposals by IoU to each class's top box, at most ``min(n_seed, F)`` per
+            class); None: from all proposals (the paper's text).
     Returns: LongTensor[S] of unique proposal indices, ascending (S ≤ n_seed · #present classes;
-    empty when no class is present).
+    empty when no class is present or no candidate is given).
     """
     _check(last_head_scores.dim() == 2 and proposals.shape == (last_head_scores.shape[0], 4)
            and labels.shape == (last_head_scores.shape[1],),
@@ -49,6 +54,8 @@ def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
     if present.numel() == 0 or proposals.shape[0] == 0:
         return torch.zeros(0, dtype=torch.long, device=proposals.device)
     top = last_head_scores[:, present].argmax(dim=0)                   # [G]
+    if candidates is not None:
+        return _seeds_among(proposals, top, present, n_seed, pseudo_boxes, candidates)
     if pseudo_boxes is None:
         iou = box_iou(proposals[top], proposals)                       # [G, P]
         iou[torch.arange(top.numel(), device=iou.device), top] = 2.0  # the top box comes first
@@ -59,6 +66,20 @@ def select_seeds(last_head_scores: Tensor, proposals: Tensor, labels: Tensor,
     k = min(n_seed, proposals.shape[0])
     order = torch.sort(iou, dim=1, descending=True, stable=True).indices[:, :k]
     return torch.unique(order.flatten())
+
+
+def _seeds_among(proposals, top, present, n_seed, pseudo_boxes, candidates) -> Tensor:
+    """:func:`select_seeds` restricted to ``candidates``: for each class the ``min(n_seed, F)``
+    candidates with the highest IoU to its top box (the top proposal's regressed box with
+    ``pseudo_boxes``, else the top proposal itself), ties to the lower proposal index."""
+    if candidates.numel() == 0:
+        return candidates.new_zeros(0)
+    cand = torch.sort(candidates).values
+    ref = proposals[top] if pseudo_boxes is None else pseudo_boxes[top, present].to(proposals.dtype)
+    iou = box_iou(ref, proposals[cand])                                # [G, F]
+    k = min(n_seed, cand.numel())
+    order = torch.sort(iou, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.unique(cand[order.flatten()])
 
 
 def reproject_masks(src_masks: Tensor, src_boxes: Tensor, dst_boxes: Tensor,

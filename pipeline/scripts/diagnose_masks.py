@@ -135,8 +135,7 @@ def main(argv=None):
                 rec["mask_iou"].append(0.0)
             vb = torch.from_numpy(gbox * np.array([sx, sy, sx, sy], np.float32))[None]
             spec = model.predict_masks(feats, [vb], [torch.tensor([cls])])[0].numpy()
-            ag, _ = model.mask_head(feats, [vb])
-            m0 = torch.sigmoid(ag)[0].numpy()
+            m0 = model.predict_masks(feats, [vb], [torch.tensor([cls])], head="agnostic")[0].numpy()
             rec["oracle_mask_iou"].append(iou(paste_mask(spec, gbox, H, W), g))
             rec["oracle_m0_iou"].append(iou(paste_mask(m0, gbox, H, W), g))
             rec["m0_frac_gt_05"].append(float((m0 > 0.5).mean()))

@@ -3,11 +3,12 @@
 A grid spec (YAML, e.g. ``pipeline/grids/ablation.yaml``)::
 
     train: {config: CFG, manifest: M, cues: C, overrides: [KEY=VALUE, ...]}
-    eval:  {manifest: M, cues: C, max_images: 100}
+    eval:  {manifest: M, cues: C, max_images: 100, curve: 100}  # curve: every checkpoint scored
     seeds: [0, 1, 2]
     variants:                      # name -> overrides on top of train.overrides
       full: []
       acl_off: [model.acl=false]
+      soft: {overrides: [model.mask_targets=soft], seeds: [0]}  # a subset of the seeds
       ceiling: {kind: supervised}  # kind: pdsl (default) | supervised (Mask R-CNN on GT)
       retrain: {kind: second_stage, from: base, pseudo_label: {score_thresh: 0.3}}
     compare:                       # expected directions: [better, worse, what it reproduces]

@@ -42,7 +42,7 @@ def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> d
                 train(tr["config"], tr["manifest"], tr["cues"], run_dir, resume=True,
                       overrides=overrides)
             metrics = evaluate_run(run_dir, ev["manifest"], ev["cues"], max_images=ev.get("max_images"),
-                                   device="cpu", report=False)
+                                   device="cpu", report=False, curve=ev.get("curve") or 0)
         finally:
             sys.stderr.flush()
             os.dup2(old, 2)
@@ -52,6 +52,9 @@ def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> d
     rec["images"] = metrics.get("images")
     if cell.kind == "second_stage":
         rec["pseudo_label"] = quality
+    if ev.get("curve"):  # the learning curve: every checkpoint's scores (evaluate.ap_curve)
+        rec["curve"] = [json.loads(x) for x in
+                        (run_dir / "ap_curve.jsonl").read_text().splitlines() if x.strip()]
     write_json_atomic(rec, run_dir / "cell.json", indent=2)
     return rec
 

@@ -45,6 +45,12 @@ def load_spec(path) -> dict:
     for key in ("manifest", "cues"):
         if not spec["eval"].get(key):
             raise ConfigError(f"{path}: eval.{key} is required")
+    curve = spec["eval"].get("curve")
+    if curve is not None and not (isinstance(curve, int) and not isinstance(curve, bool)
+                                  and curve >= 0):
+        raise ConfigError(f"{path}: eval.curve must be an integer >= 0 (the number of images "
+                          f"each checkpoint is scored on; 0 or absent: no learning curve), got "
+                          f"{curve!r}")
     seeds = spec.setdefault("seeds", [0])
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"{path}: seeds must be a non-empty list of integers, got {seeds!r}")
@@ -55,6 +61,10 @@ def load_spec(path) -> dict:
                               f"kind ({' | '.join(KINDS)}) and overrides")
         if not all(isinstance(o, str) and "=" in o for o in v.get("overrides") or []):
             raise ConfigError(f"{path}: variants.{name}: overrides are KEY=VALUE strings")
+        own = v.get("seeds")
+        if own is not None and not (isinstance(own, list) and own and set(own) <= set(seeds)):
+            raise ConfigError(f"{path}: variants.{name}.seeds must be a non-empty list of the "
+                              f"grid's seeds {seeds}, got {own!r}")
         if v.get("kind") == "second_stage":
             _check_second_stage(path, name, v, spec["variants"])
         spec["variants"][name] = v
@@ -100,7 +110,7 @@ def cells(spec: dict, only=None) -> list[Cell]:
     out = []
     for seed in spec["seeds"]:
         for name, v in spec["variants"].items():
-            if only and name not in only:
+            if (only and name not in only) or seed not in v.get("seeds", spec["seeds"]):
                 continue
             out.append(Cell(name, seed, v.get("kind", "pdsl"),
                             base + tuple(v.get("overrides") or ()) + (f"train.seed={seed}",),
@@ -112,6 +122,8 @@ def cell_record(cell: Cell, spec: dict) -> dict:
     rec = {"variant": cell.variant, "seed": cell.seed, "kind": cell.kind,
            "config": spec["train"]["config"], "overrides": list(cell.overrides),
            "eval_max_images": spec["eval"].get("max_images")}
+    if spec["eval"].get("curve"):  # every checkpoint scored (absent: the record of older grids)
+        rec["eval_curve"] = spec["eval"]["curve"]
     if cell.kind == "second_stage":
         rec["from"] = cell.source
         rec["pseudo_label_params"] = spec["variants"][cell.variant]["pseudo_label"]

@@ -25,19 +25,21 @@ def collect(spec: dict, out: Path, only=None) -> list[dict]:
         if cell_done(c, spec, Path(out)):
             rec = json.loads((c.dir(out) / "cell.json").read_text())
             rec["losses"] = final_losses(c.dir(out) / "metrics.jsonl")
+            rec["diagnostics"] = final_losses(c.dir(out) / "metrics.jsonl", prefix="diag_")
             recs.append(rec)
     return recs
 
 
-def final_losses(metrics_jsonl, last: int = 100) -> dict:
-    """Mean of every ``loss_*`` of a run's last ``last`` logged steps (what each loss settled
-    at: the table's explanation of a direction); {} without a log."""
+def final_losses(metrics_jsonl, last: int = 100, prefix: str = "loss_") -> dict:
+    """Mean of every ``loss_*`` (keys starting with ``prefix``: ``diag_`` for the mask chain's
+    diagnostics) of a run's last ``last`` logged steps (what each settled at: the table's
+    explanation of a direction); {} without a log."""
     path = Path(metrics_jsonl)
     if not path.is_file():
         return {}
     rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     rows = [r for r in rows if "step" in r][-last:]
-    keys = sorted({k for r in rows for k in r if k.startswith("loss_")})
+    keys = sorted({k for r in rows for k in r if k.startswith(prefix)})
     return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in keys}
 
 
@@ -48,6 +50,23 @@ def _mean_std(values):
     m = sum(vals) / len(vals)
     sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
     return m, sd
+
+
+CURVE_KEYS = ("mask_AP50", "mask_AP75", "box_AP50")
+
+
+def _mean_curve(curves: list) -> dict:
+    """``{step: {key: {"mean", "std", "n"}}}`` over the seeds' learning curves."""
+    steps = sorted({r["step"] for c in curves for r in c})
+    out = {}
+    for st in steps:
+        out[st] = {}
+        for k in CURVE_KEYS:
+            vals = [r.get(k) for c in curves for r in c if r["step"] == st]
+            m, sd = _mean_std(vals)
+            out[st][k] = {"mean": m, "std": sd,
+                          "n": sum(v is not None and not math.isnan(v) for v in vals)}
+    return out
 
 
 def summarize(spec: dict, recs: list[dict]) -> dict:
@@ -64,9 +83,12 @@ def summarize(spec: dict, recs: list[dict]) -> dict:
         for col, _, _ in COLUMNS:
             m, sd = _mean_std([r["metrics"].get(col) for r in mine])
             row[col] = {"mean": m, "std": sd, "values": [r["metrics"].get(col) for r in mine]}
-        losses = [r.get("losses") or {} for r in mine]
-        row["losses"] = {k: _mean_std([x.get(k) for x in losses])[0]
-                         for k in sorted({k for x in losses for k in x})}
+        for field in ("losses", "diagnostics"):
+            vals = [r.get(field) or {} for r in mine]
+            row[field] = {k: _mean_std([x.get(k) for x in vals])[0]
+                          for k in sorted({k for x in vals for k in x})}
+        if any(r.get("curve") for r in mine):
+            row["curve"] = _mean_curve([r.get("curve") or [] for r in mine])
         if spec["variants"][name].get("kind") == "second_stage":
             row["from"] = spec["variants"][name]["from"]
             row["pseudo_label"] = {}
@@ -149,6 +171,24 @@ def markdown(summary: dict, title: str = "") -> str:
         for name in names:
             lines.append(f"| {name} | " + " | ".join(
                 f"{summary['rows'][name]['losses'][k]:.3f}" for k in keys) + " |")
+    curves = {n: r["curve"] for n, r in summary["rows"].items() if r.get("curve")}
+    steps = sorted({int(st) for c in curves.values() for st in c})
+    for key in CURVE_KEYS if curves else ():
+        lines += ["", f"| learning curve: {key} at step (mean ± std over seeds) | "
+                  + " | ".join(str(st) for st in steps) + " |", "|---" * (len(steps) + 1) + "|"]
+        for name, c in curves.items():
+            by = {int(st): v[key] for st, v in c.items()}
+            lines.append(f"| {name} | " + " | ".join(
+                _cell({**by[st], "values": [0] * by[st]["n"]}) if st in by else "—"
+                for st in steps) + " |")
+    diag = {n: r["diagnostics"] for n, r in summary["rows"].items() if r.get("diagnostics")}
+    if diag:
+        keys = sorted({k for d in diag.values() for k in d})
+        lines += ["", "| mask chain diagnostics, mean of the last 100 steps | "
+                  + " | ".join(k[len("diag_"):] for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for name, d in diag.items():
+            lines.append(f"| {name} | " + " | ".join(
+                "—" if d.get(k) is None else f"{d[k]:.3f}" for k in keys) + " |")
     if summary["comparisons"]:
         lines += ["", "| expected direction | metric | difference | 2 × pooled std | verdict | "
                   "per seed (same seed: same detector when only the mask side differs) |",
@@ -177,4 +217,13 @@ def write_results(spec_path, out, results, title: str = "") -> dict:
         Path(tmp).write_text(markdown(summary, title))
     if summary["rows"]:
         plot(summary, results.with_suffix(".png"))
+    curves = {n: r["curve"] for n, r in summary["rows"].items() if r.get("curve")}
+    if curves:  # RESULTS_curve.png: mask AP50 of every checkpoint, mean over seeds
+        from ...evaluation.report import plot_curves
+
+        plot_curves({n: ([int(st) for st in c], [v["mask_AP50"]["mean"] if v["mask_AP50"]["mean"]
+                                                 is not None else math.nan for v in c.values()])
+                     for n, c in curves.items()},
+                    "learning curve: mask AP50 (mean over seeds)", "step",
+                    results.with_name(results.name + "_curve.png"))
     return summary
