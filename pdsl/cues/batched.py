@@ -91,14 +91,15 @@ def _features(x):
     return torch.stack([r * r, g * g, b * b, r * g, r * b, g * b, r, g, b, torch.ones_like(r)], -1)
 
 
-def _fit(phi, lab, member, K: int, reg: float):
-    """Gaussian-mixture weights ``[N, 10, K]`` (log-density of component k = ``phi @ W[:, :, k]``)
-    of the ``member`` pixels (``bool [N, n]``), each in its component ``lab`` (``long [N, n]``)."""
+def _fit(phi, lab, K: int, reg: float):
+    """The two Gaussian mixtures of every crop as weights ``[N, 10, 2K]`` (log-density of
+    component k = ``phi @ W[:, :, k]``): components ``0..K-1`` the foreground's, ``K..2K-1`` the
+    background's, each pixel in component ``lab`` (``long [N, n]``; ``2K``: in neither)."""
     import torch
 
     N = phi.shape[0]
-    st = torch.zeros(N, K, 10).scatter_add_(1, lab[..., None].expand(-1, -1, 10),
-                                            phi * member[..., None])  # moments, sums, counts
+    st = torch.zeros(N, 2 * K + 1, 10).scatter_add_(1, lab[..., None].expand(-1, -1, 10), phi)
+    st = st[:, :2 * K]  # moments, sums and counts of each component
     n = st[..., 9].clamp(min=1e-6)
     mu = st[..., 6:9] / n[..., None]
     m2 = st[..., 0:6] / n[..., None]
@@ -114,8 +115,9 @@ def _fit(phi, lab, member, K: int, reg: float):
     Am = torch.stack([A[..., 0] * mu[..., 0] + A[..., 3] * mu[..., 1] + A[..., 4] * mu[..., 2],
                       A[..., 3] * mu[..., 0] + A[..., 1] * mu[..., 1] + A[..., 5] * mu[..., 2],
                       A[..., 4] * mu[..., 0] + A[..., 5] * mu[..., 1] + A[..., 2] * mu[..., 2]], -1)
-    logw = torch.where(st[..., 9] > 0.5, torch.log(n / n.sum(1, keepdim=True)),
-                       torch.full_like(n, -1e4))
+    tot = torch.cat([n[:, :K].sum(1, keepdim=True).expand(-1, K),
+                     n[:, K:].sum(1, keepdim=True).expand(-1, K)], 1)
+    logw = torch.where(st[..., 9] > 0.5, torch.log(n / tot), torch.full_like(n, -1e4))
     W = torch.cat([A[..., :3], 2 * A[..., 3:], -2 * Am, (mu * Am).sum(-1, keepdim=True)], -1) * -0.5
     W[..., 9] += logw - 0.5 * torch.log(det) - 1.5 * np.log(2 * np.pi)
     return W.transpose(1, 2)
@@ -186,16 +188,19 @@ def _segment(img, valid, inbox, ell, core, K: int, iterations: int, gamma: float
     fg = torch.from_numpy((ell & inbox).reshape(-1)).expand(N, -1)
     bg = out_bg | (inbox_f & ~fg)
     pw = _pairwise(img, valid, gamma)
-    Wf = _fit(phi, _init_labels(x, fg, K), fg, K, reg)
-    Wb = _fit(phi, _init_labels(x, bg, K), bg, K, reg)
+    none = torch.full_like(inbox_f.expand(N, -1), 2 * K, dtype=torch.long)
+
+    def labels(f_comp, b_comp):  # fg pixels in 0..K-1, bg pixels in K..2K-1, others 2K
+        return torch.where(fg, f_comp, torch.where(bg, K + b_comp, none))
+
+    W = _fit(phi, labels(_init_labels(x, fg, K), _init_labels(x, bg, K)), K, reg)
     q = None
     for _ in range(iterations):
         # GrabCut's iteration: each pixel takes the likeliest component of its label's mixture,
         # the mixtures are re-fitted, then the labels re-estimated
-        L = phi @ torch.cat([Wf, Wb], 2)
-        Wf = _fit(phi, L[..., :K].argmax(-1), fg, K, reg)
-        Wb = _fit(phi, L[..., K:].argmax(-1), bg, K, reg)
-        L = phi @ torch.cat([Wf, Wb], 2)
+        L = phi @ W
+        W = _fit(phi, labels(L[..., :K].argmax(-1), L[..., K:].argmax(-1)), K, reg)
+        L = phi @ W
         # each mixture's log-density by its likeliest component (GrabCut sums them)
         u = (L[..., :K].amax(-1) - L[..., K:].amax(-1)).reshape(N, S, S).clamp(-30, 30)
         q = torch.sigmoid(u)
