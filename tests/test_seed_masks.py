@@ -1,50 +1,13 @@
-"""One seed mask per proposal: the batched GrabCut, the per-proposal bit-packed cache layout, the
-trainer reading it, and caches of the earlier format still read."""
-import cv2
+"""One seed mask per proposal: the per-proposal bit-packed cache layout, the trainer reading it,
+and caches of the earlier format still read."""
 import h5py
 import numpy as np
 import pytest
 
-from pdsl.boxes import paste_mask
-from pdsl.cues.batched import batched_grabcut
 from pdsl.cues.store import STATUS_OK, CueStore, CueWriter
 from pdsl.errors import CacheError
 
 M = 28
-
-
-def _scene(seed=0):
-    """A textured background and a rotated ellipse of another colour; its GT mask and box."""
-    rng = np.random.default_rng(seed)
-    H, W = 96, 128
-    img = rng.normal(110, 30, (H, W, 3)).clip(0, 255).astype(np.uint8)
-    gt = np.zeros((H, W), np.uint8)
-    cv2.ellipse(gt, (60, 50), (30, 20), 25, 0, 360, 1, -1)
-    img[gt > 0] = rng.normal([60, 160, 190], 12, (int(gt.sum()), 3)).clip(0, 255)
-    ys, xs = np.nonzero(gt)
-    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float64)
-    return img, gt.astype(bool), box
-
-
-def _iou(a, b):
-    return (a & b).sum() / max((a | b).sum(), 1)
-
-
-def test_batched_grabcut_beats_the_box_and_each_box_is_independent():
-    img, gt, box = _scene()
-    H, W = gt.shape
-    boxes = np.stack([box, box + [-6, -4, 6, 4], box + [5, 3, 5, 3], [0, 0, 40, 30],
-                      [box[0] - 30, box[1], box[2] + 4, H]])  # exact, loose, shifted, off, edge
-    masks = batched_grabcut(img, boxes)
-    assert masks.shape == (5, M, M) and set(np.unique(masks)) <= {0.0, 1.0}
-    for k in range(3):  # on the object: better than its filled box
-        got = paste_mask((masks[k] * 255).astype(np.uint8), boxes[k], H, W)
-        filled = paste_mask(np.full((M, M), 255, np.uint8), boxes[k], H, W)
-        assert _iou(got, gt) > _iou(filled, gt) + 0.05
-    assert _iou(paste_mask((masks[0] * 255).astype(np.uint8), box, H, W), gt) > 0.85
-    # a box's mask depends on that box only: alone, or in other chunks, the same mask
-    np.testing.assert_array_equal(batched_grabcut(img, boxes[4:5]), masks[4:5])
-    np.testing.assert_array_equal(batched_grabcut(img, boxes, chunk=2), masks)
 
 
 def _add(w, image_id, boxes, masks, status=None):

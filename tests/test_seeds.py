@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pdsl.boxes import box_iou, paste_mask
+from pdsl.cues.batched import batched_grabcut
 from pdsl.cues.grabcut import grabcut_online, inscribed_ellipse, resample_box
 from pdsl.cues.seeds import (SeedParams, build_bank, cluster_proposals,
                              grabcut_box, seed_mask)
@@ -214,3 +215,21 @@ def test_bank_with_facility_sharing_masks_its_representatives():
                                           for i, r in enumerate(bank["bank_row"])], atol=1e-5)
     with pytest.raises(Exception, match="sharing"):
         SeedParams(sharing="kmeans")
+
+
+def test_batched_grabcut_beats_the_box_and_each_box_is_independent():
+    img, gt, box = _scene(2)
+    box = box.astype(np.float64)
+    H, W = gt.shape
+    boxes = np.stack([box, box + [-6, -4, 6, 4], box + [5, 3, 5, 3], [0, 0, 40, 30],
+                      [box[0] - 30, box[1], box[2] + 4, H]])  # exact, loose, shifted, off, edge
+    masks = batched_grabcut(img, boxes)
+    assert masks.shape == (5, 28, 28) and set(np.unique(masks)) <= {0.0, 1.0}
+    for k in range(3):  # on the object: better than its filled box
+        got = paste_mask((masks[k] * 255).astype(np.uint8), boxes[k], H, W)
+        filled = paste_mask(np.full((28, 28), 255, np.uint8), boxes[k], H, W)
+        assert _iou(got, gt) > _iou(filled, gt) + 0.05
+    assert _iou(paste_mask((masks[0] * 255).astype(np.uint8), box, H, W), gt) > 0.85
+    # a box's mask depends on that box only: alone, or in other chunks, the same mask
+    np.testing.assert_array_equal(batched_grabcut(img, boxes[4:5]), masks[4:5])
+    np.testing.assert_array_equal(batched_grabcut(img, boxes, chunk=2), masks)
