@@ -17,7 +17,7 @@ from ..errors import CacheError
 from .cueformat import (FORMAT_VERSION, INDEX_KEYS, READ_VERSIONS, STATUS_EMPTY,  # noqa: F401
                         STATUS_FALLBACK, STATUS_FULL, STATUS_NAMES, STATUS_OK, STATUS_TINY,
                         ImageCues, unpack_masks)
-from .writer import CueWriter, merge_cue_files, rewrite_cue_files  # noqa: F401
+from .writer import CueWriter, merge_cue_files  # noqa: F401
 
 
 class CueStore:

@@ -141,7 +141,7 @@ class CueWriter:
         self._n_bank += B
 
     def add_cues(self, c: ImageCues):
-        """Append an :class:`ImageCues` record (used by merge and conversion)."""
+        """Append an :class:`ImageCues` record (used by merge)."""
         kw = {}
         if self.kind == "cues":
             kw = dict(bank_row=c.bank_row, coverage=c.coverage, bank_boxes=c.bank_boxes,
@@ -170,11 +170,9 @@ _COPIED = ("pdsl_cues_format", "kind", "mask_size", "num_images", "shard", "bank
            "mask_encoding")
 
 
-def rewrite_cue_files(parts: list, out, meta: dict | None = None, compression="lzf",
-                      shard: str = "merged", **layout) -> Path:
-    """Concatenate cue files (same kind, mask size and parameters) into one file, atomically, in
-    their bank layout and mask encoding unless ``layout`` (``bank_layout``, ``mask_encoding``)
-    says otherwise: the shard merge, and the conversion of an earlier format's cache."""
+def merge_cue_files(parts: list, out, meta: dict | None = None, compression="lzf") -> Path:
+    """Concatenate shard files (same kind, mask size, parameters, bank layout and mask encoding)
+    into one file, atomically."""
     from .store import CueStore
 
     if not parts:
@@ -190,11 +188,11 @@ def rewrite_cue_files(parts: list, out, meta: dict | None = None, compression="l
                                  f"{first.path} has {first.attrs.get(k)!r}; rebuild the shards")
     base = {k: v for k, v in first.attrs.items() if k not in _COPIED}
     base.update(meta or {})
-    base["shard"] = shard
-    layout = {"bank_layout": first.bank_layout, "mask_encoding": first.mask_encoding, **layout}
+    base["shard"] = "merged"
     seen = set()
     with CueWriter(out, base, kind=first.kind, mask_size=first.mask_size or 28,
-                   compression=compression, **layout) as w:
+                   compression=compression, bank_layout=first.bank_layout,
+                   mask_encoding=first.mask_encoding) as w:
         for s in stores:
             for c in s:
                 if c.image_id in seen:
@@ -204,8 +202,3 @@ def rewrite_cue_files(parts: list, out, meta: dict | None = None, compression="l
                 w.add_cues(c)
             s.close()
     return Path(out)
-
-
-def merge_cue_files(parts: list, out, meta: dict | None = None, compression="lzf") -> Path:
-    """Concatenate shard files (same kind, mask size and parameters) into one file, atomically."""
-    return rewrite_cue_files(parts, out, meta, compression)
