@@ -196,7 +196,9 @@ def real_markdown(r: dict, cmd: str, more: list = ()) -> str:
     cost_rows = [
         f"| cache stage at {x['max_proposals']:,} proposals: proposals + seed masks, core-s per "
         f"image | {x['proposal_core_s_per_image']:.2f} + {x['seed_core_s_per_image']:.2f} = "
-        f"**{x['cache_core_s_per_image']:.2f}** |" for x in sizes] + [
+        f"**{x['cache_core_s_per_image']:.2f}** "
+        f"({1e3 * x['seed_core_s_per_image'] / max(x['masks_per_image'], 1):.2f} ms per seed mask) |"
+        for x in sizes] + [
         f"| bytes per image at {x['max_proposals']:,} proposals (all fields, {x['masks_per_image']:.0f} "
         f"masks) | {x['bytes_per_image'] / 1e3:.0f} KB |" for x in sizes] + [
         f"| random access, warm, at {x['max_proposals']:,} proposals | "
