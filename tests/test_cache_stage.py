@@ -16,7 +16,8 @@ from pdsl.errors import CacheError, DataError
 from pdsl.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[1]
-FAST = SeedParams(crop_size=32, max_bank=12, iterations=2)
+FAST = SeedParams(method="grabcut_masked", sharing="facility", mask_format="u8", crop_size=32,
+                  max_bank=12, iterations=2)  # a shared bank of soft masks
 
 
 @pytest.fixture(scope="module")

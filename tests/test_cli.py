@@ -98,7 +98,7 @@ def test_choices_and_stated_defaults_are_the_library_ones():
     # the seed options default to None (SeedParams decides); their help states SeedParams' value
     defaults = SeedParams()
     seed_params = [p for p in cli.commands["cache-cues"].params if hasattr(defaults, p.name)]
-    assert len(seed_params) == 9
+    assert len(seed_params) == 12
     for p in seed_params:
         assert p.default is None
         stated = re.search(r"Default ([A-Za-z_]+|\d+(?:\.\d+)?)", p.help).group(1)

@@ -45,7 +45,7 @@ def test_cpu_check_builds_the_cache_it_asks_for(cpu_check):
     c = res["cache"]
     assert c["images"] == 4 and c["image_size"] == 80
     assert c["proposals_per_image"] == 40  # the MCG-like list survives sanitising whole
-    assert 0 < c["bank_masks_per_image"] <= 16  # max_bank of the tiny GrabCut bank
+    assert c["bank_masks_per_image"] == 40  # the default: one seed mask per proposal
 
 
 def test_cpu_check_rows_and_figures(cpu_check):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pdsl.boxes import box_iou, paste_mask
+from pdsl.cues.batched import batched_grabcut
 from pdsl.cues.grabcut import grabcut_online, inscribed_ellipse, resample_box
 from pdsl.cues.seeds import (SeedParams, build_bank, cluster_proposals,
                              grabcut_box, seed_mask)
@@ -113,11 +114,11 @@ def test_masked_grabcut_survives_where_rectangle_grabcut_collapses():
     gt = gt.astype(bool)
     m_rect, s_rect = grabcut_box(img, box, SeedParams(method="grabcut_rect", fallback="none"))
     assert s_rect == STATUS_EMPTY
-    m, status = grabcut_box(img, box, SeedParams())
-    got = paste_mask(m, box, H, W)
-    assert status == STATUS_OK and _iou(got, gt) > 0.9
     filled = paste_mask(np.full((28, 28), 255, np.uint8), box, H, W)
-    assert _iou(got, gt) > _iou(filled, gt)
+    for method in ("grabcut_masked", "grabcut_batched"):  # cv2, and batched in torch
+        m, status = grabcut_box(img, box, SeedParams(method=method))
+        got = paste_mask(m, box, H, W)
+        assert status == STATUS_OK and _iou(got, gt) > 0.9 and _iou(got, gt) > _iou(filled, gt)
 
 
 def test_grabcut_method_keeps_a_good_rectangle_result():
@@ -132,8 +133,6 @@ def test_grabcut_method_keeps_a_good_rectangle_result():
     # rect_accept = 1.0 never accepts the rectangle: grabcut becomes the masked method
     m, _ = grabcut_box(img, box, SeedParams(method="grabcut", rect_accept=1.0))
     assert (m == masked).all()
-    # the default is the masked pass alone (real photos: the same quality at ~60 % of the time)
-    assert (grabcut_box(img, box, SeedParams())[0] == masked).all()
 
 
 def test_shape_methods_and_mcg_segments():
@@ -162,10 +161,15 @@ def test_build_bank_maps_every_proposal():
     img, gt, box = _scene(1)
     boxes = np.stack([box, box + [1, 0, 1, 0], box + [0, 1, 0, 1], [0, 0, 40, 40]]).astype(np.float32)
     scores = np.array([0.9, 0.8, 0.7, 0.6], np.float32)
-    bank = build_bank(img, boxes, scores, SeedParams())
+    bank = build_bank(img, boxes, scores, SeedParams(method="grabcut_masked", sharing="facility"))
     assert len(bank["bank_boxes"]) == 2 and bank["bank_masks"].shape == (2, 28, 28)
     assert bank["bank_row"].tolist() == [0, 0, 0, 1]
     assert (bank["coverage"] > 0.9).all()
+    # sharing none: every proposal its own mask, in its own box
+    bank = build_bank(img, boxes, scores, SeedParams(sharing="none"))
+    assert bank["bank_row"].tolist() == [0, 1, 2, 3] and (bank["coverage"] == 1).all()
+    np.testing.assert_array_equal(bank["bank_boxes"], boxes)
+    assert bank["bank_masks"].shape == (4, 28, 28)
 
 
 def test_facility_sharing_covers_proposals_better_than_the_threshold_clustering():
@@ -211,3 +215,21 @@ def test_bank_with_facility_sharing_masks_its_representatives():
                                           for i, r in enumerate(bank["bank_row"])], atol=1e-5)
     with pytest.raises(Exception, match="sharing"):
         SeedParams(sharing="kmeans")
+
+
+def test_batched_grabcut_beats_the_box_and_each_box_is_independent():
+    img, gt, box = _scene(2)
+    box = box.astype(np.float64)
+    H, W = gt.shape
+    boxes = np.stack([box, box + [-6, -4, 6, 4], box + [5, 3, 5, 3], [0, 0, 40, 30],
+                      [box[0] - 30, box[1], box[2] + 4, H]])  # exact, loose, shifted, off, edge
+    masks = batched_grabcut(img, boxes)
+    assert masks.shape == (5, 28, 28) and set(np.unique(masks)) <= {0.0, 1.0}
+    for k in range(3):  # on the object: better than its filled box
+        got = paste_mask((masks[k] * 255).astype(np.uint8), boxes[k], H, W)
+        filled = paste_mask(np.full((28, 28), 255, np.uint8), boxes[k], H, W)
+        assert _iou(got, gt) > _iou(filled, gt) + 0.05
+    assert _iou(paste_mask((masks[0] * 255).astype(np.uint8), box, H, W), gt) > 0.85
+    # a box's mask depends on that box only: alone, or in other chunks, the same mask
+    np.testing.assert_array_equal(batched_grabcut(img, boxes[4:5]), masks[4:5])
+    np.testing.assert_array_equal(batched_grabcut(img, boxes, chunk=2), masks)

@@ -128,9 +128,10 @@ def test_negative_gpus_is_refused_by_the_schema(tmp_path):
     ("coco2017", "coco2017", ("train2017", "val2017"), 512, "train2017")])
 def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, shards, train_split):
     """The shipped VOC 2012 and COCO 2017 workflow configs parse, validate and plan every stage:
-    MCG proposals, the real-photo seed settings, no demo pretraining, 4-GPU torchrun training."""
+    MCG proposals (4,000 per image), the real-photo seed settings, no demo pretraining, 4-GPU
+    torchrun training."""
     src = yaml.safe_load((REPO / "pipeline" / "configs" / f"workflow-{name}.yaml").read_text())
-    assert src["seeds"]["method"] == "grabcut_masked" and src["proposals"].startswith("mcg:")
+    assert src["seeds"]["method"] == "grabcut_batched" and src["proposals"].startswith("mcg:")
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({**src, "data_dir": str(tmp_path / "data"),
                                    "runs_dir": str(tmp_path / "runs")}))
@@ -149,8 +150,11 @@ def test_real_dataset_workflow_configs_dry_run(tmp_path, name, dataset, splits, 
     assert f"--split {train_split}" in jobs["prepare"]["shell"] or \
         f"--split {splits[1]}" in jobs["prepare"]["shell"]
     assert "--format " + src["prepare"]["format"] in jobs["prepare"]["shell"]
-    assert "--method grabcut_masked" in jobs["seeds"]["shell"] and "--max-bank 80" in jobs["seeds"]["shell"]
+    seeds = jobs["seeds"]["shell"]  # one bit-packed mask per proposal, as many as training reads
+    assert "--method grabcut_batched" in seeds and "--sharing none" in seeds
+    assert "--mask-format bits" in seeds
     assert f"--proposals '{src['proposals']}'" in jobs["proposals"]["shell"]
+    assert "--max-proposals 4000" in jobs["proposals"]["shell"]
     assert "--nproc_per_node=4 cli.py train" in jobs["train"]["shell"]
     assert f"data/{dataset}/{train_split}.json" in jobs["train"]["shell"].replace(str(tmp_path) + "/", "")
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from .options import (FILE, PROPOSAL_HELP, box_convention_options, convention, cues_option,
-                      manifest_option, out_option, output_lock, seed_options, seed_params)
+from .options import (FILE, PROPOSAL_HELP, box_convention_options, cues_option, manifest_option,
+                      max_proposals_option, out_option, output_lock, proposal_options,
+                      seed_options, seed_params)
 
 
 @click.command("cache-cues")
@@ -18,10 +19,11 @@ from .options import (FILE, PROPOSAL_HELP, box_convention_options, convention, c
               help="Images per resumable shard.")
 @out_option("cues.h5 to write.")
 @click.option("--keep-parts", is_flag=True, help="Keep the shard files after merging.")
+@max_proposals_option
 @seed_options
 def cache_cues(manifest, proposals, box_format, box_base, workers, shard_size, out, keep_parts,
-               **seed_kw):
-    """Compute proposals and the GrabCut seed-mask bank of one split into one HDF5 file.
+               max_proposals, **seed_kw):
+    """Compute proposals and their seed masks of one split into one HDF5 file.
 
     Reads MANIFEST and its images (plus MCG .mat files or a proposals pickle if given), writes
     OUT atomically. Work is split into shards kept in OUT.parts/ until the merge, so a killed run
@@ -37,7 +39,7 @@ def cache_cues(manifest, proposals, box_format, box_base, workers, shard_size, o
 
         run(manifest, proposals, out, workers=workers, shard_size=shard_size,
             params=seed_params(**seed_kw), keep_parts=keep_parts,
-            proposal_options=convention(box_format, box_base))
+            proposal_options=proposal_options(box_format, box_base, max_proposals))
 
 
 @click.command("proposals-shard")
@@ -45,13 +47,14 @@ def cache_cues(manifest, proposals, box_format, box_base, workers, shard_size, o
 @click.option("--proposals", default="builtin", show_default=True, help=PROPOSAL_HELP)
 @box_convention_options
 @click.option("--shard", required=True, help="Which slice of the images: 'I-of-N', e.g. 1-of-8.")
+@max_proposals_option
 @out_option()
-def proposals_shard(manifest, proposals, box_format, box_base, shard, out):
+def proposals_shard(manifest, proposals, box_format, box_base, shard, max_proposals, out):
     """Stage 1 of one shard: proposals of the shard's images -> OUT (HDF5, kind 'proposals')."""
     from ..cues.cache import compute_proposals_shard
     from ..proposals import make_source
 
-    source = make_source(proposals, **convention(box_format, box_base))
+    source = make_source(proposals, **proposal_options(box_format, box_base, max_proposals))
     compute_proposals_shard(manifest, source, shard, out)
     click.echo(f"proposals-shard: wrote {out} ({source.kind}, boxes read as "
                f"{source.convention()})", err=True)
@@ -63,7 +66,7 @@ def proposals_shard(manifest, proposals, box_format, box_base, shard, out):
 @out_option()
 @seed_options
 def seeds_shard(manifest, proposals_file, out, **seed_kw):
-    """Stage 2 of one shard: GrabCut seed-mask bank for a proposals shard -> OUT (kind 'cues')."""
+    """Stage 2 of one shard: the seed masks of a proposals shard -> OUT (kind 'cues')."""
     from ..cues.cache import compute_seeds_shard
 
     compute_seeds_shard(manifest, proposals_file, out, seed_params(**seed_kw))

@@ -77,12 +77,13 @@ device_option = click.option("--device", default="auto", show_default=True,
 
 _seed_options = [
     click.option("--seed-method", "--method", "method",
-                 type=click.Choice(["grabcut_masked", "grabcut", "grabcut_rect", "ellipse", "box",
-                                    "mcg", "mcg_grabcut"]),
-                 default=None, help="How a box's seed mask is made. Default grabcut_masked "
-                 "(GrabCut initialised with a sure-foreground core: no empty masks on real "
-                 "photos); grabcut = the rectangle first, the core where it degenerates (clean "
-                 "shapes; 1.7-1.8x the time); grabcut_rect = rectangle init (earlier versions); "
+                 type=click.Choice(["grabcut_batched", "grabcut_masked", "grabcut", "grabcut_rect",
+                                    "ellipse", "box", "mcg", "mcg_grabcut"]),
+                 default=None, help="How a box's seed mask is made. Default grabcut_batched "
+                 "(GrabCut's model from a sure-foreground core, for all proposals of an image "
+                 "at once); grabcut_masked = the same start with cv2.grabCut, one box at a time "
+                 "(4-6x the time); grabcut = the rectangle first, the core where it degenerates "
+                 "(clean shapes); grabcut_rect = rectangle init (earlier versions); "
                  "mcg / mcg_grabcut need MCG '-proposals' segments."),
     click.option("--fallback", type=click.Choice(["ellipse", "box", "none"]), default=None,
                  help="Mask stored where the method degenerates. Default ellipse (box = the "
@@ -102,11 +103,31 @@ _seed_options = [
                       "representative this much. Default 0.8."),
     click.option("--max-bank", type=click.IntRange(1), default=None,
                  help="At most this many seed masks per image. Default 80."),
-    click.option("--sharing", type=click.Choice(["threshold", "facility"]), default=None,
-                 help="How the masked representatives are chosen: facility (max-bank boxes "
-                      "maximising every proposal's IoU to its nearest one) or threshold (greedy "
-                      "clustering at --cluster-iou, earlier versions). Default facility."),
+    click.option("--sharing", type=click.Choice(["none", "threshold", "facility"]), default=None,
+                 help="none: one seed mask per proposal; otherwise a shared bank of max-bank "
+                      "masks, chosen by facility (boxes maximising every proposal's IoU to its "
+                      "nearest one) or threshold (greedy clustering at --cluster-iou, earlier "
+                      "versions). Default none."),
+    click.option("--mask-format", type=click.Choice(["bits", "u8"]), default=None,
+                 help="Stored masks: binary, bit-packed (98 bytes per 28 x 28 mask) or u8 (soft, "
+                      "0..255: the demo's). Default bits."),
+    click.option("--batch-box", type=click.IntRange(8), default=None,
+                 help="grabcut_batched: the box's side (px) in its crop grid. Default 28."),
+    click.option("--batch-core", type=click.FloatRange(0.0, 1.0), default=None,
+                 help="grabcut_batched: sure-foreground core, as a fraction of the inscribed "
+                      "ellipse's axes. Default 0.5."),
 ]
+
+max_proposals_option = click.option(
+    "--max-proposals", type=click.IntRange(1), default=None,
+    help="Proposals kept per image: the run config's input.max_proposals (4,000 in the authors' "
+         "VOC/COCO configs). Default: the source's, 2,000.")
+
+
+def proposal_options(box_format, box_base, max_proposals) -> dict:
+    """The proposal source parameters of the convention options and ``--max-proposals``."""
+    return {**convention(box_format, box_base),
+            **({} if max_proposals is None else {"max_proposals": int(max_proposals)})}
 
 
 def seed_options(f):

@@ -73,7 +73,8 @@ def compute_proposals_shard(manifest: Manifest | str, source, shard: str, out,
 
 def compute_seeds_shard(manifest: Manifest | str, proposals_file, out, params: SeedParams,
                         progress=None) -> Path:
-    """Stage 2: the GrabCut seed bank of every image of a proposals shard -> ``out`` (kind "cues")."""
+    """Stage 2: the seed masks of every image of a proposals shard -> ``out`` (kind "cues"): one
+    per proposal (``sharing: none``) or a shared bank, in ``params.mask_format``."""
     if not isinstance(manifest, Manifest):
         manifest = load_manifest(manifest)
     props = CueStore(proposals_file)
@@ -84,7 +85,9 @@ def compute_seeds_shard(manifest: Manifest | str, proposals_file, out, params: S
     meta = {k: props.meta(k) for k in ("dataset", "split", "num_classes", "class_names",
                                        "manifest", "shard", "proposal_source")}
     meta["seeds"] = params.to_dict()
-    with CueWriter(out, meta, kind="cues", mask_size=params.mask_size) as w:
+    with CueWriter(out, meta, kind="cues", mask_size=params.mask_size,
+                   bank_layout=params.bank_layout,
+                   mask_encoding="bits" if params.mask_format == "bits" else "u8") as w:
         for image_id in props.ids:
             c = props.get(int(image_id), with_segments=props.has_segments)
             img = manifest.image_by_id.get(int(image_id))
@@ -120,11 +123,15 @@ def _shard_is_current(path: Path, source_desc: dict, params: SeedParams, manifes
 
 
 def _run_shard(manifest_path, spec, shard, parts_dir, params) -> tuple[str, int, float]:
+    from ..proposals import make_source
+
     t0 = time.perf_counter()
     m = load_manifest(manifest_path)
     prop_file = parts_dir / f"proposals-{shard}.h5"
-    if not prop_file.is_file():
-        compute_proposals_shard(m, spec, shard, prop_file)
+    source = make_source(spec) if isinstance(spec, str) else spec
+    # a proposals shard left by a run with another source (e.g. another max_proposals) is redone
+    if not prop_file.is_file() or CueStore(prop_file).meta("proposal_source") != source.describe():
+        compute_proposals_shard(m, source, shard, prop_file)
     compute_seeds_shard(m, prop_file, parts_dir / f"seeds-{shard}.h5", params)
     prop_file.unlink()
     return shard, len(shard_images(m, shard)), time.perf_counter() - t0
@@ -180,9 +187,11 @@ def cache_cues(manifest_path, proposals: str, out, workers: int = 1, shard_size:
     summary = {"images": len(store), "proposals": int(store.index["prop_count"].sum()),
                "bank_masks": int(store.index["bank_count"].sum()),
                "computed_images": total - done_images, "seconds": round(compute_s, 1),
-               "workers": workers, "out": str(out)}
+               "workers": workers, "out": str(out),
+               "bytes_per_image": round(store.bytes_per_image())}
     rate = (total - done_images) / compute_s if compute_s > 0 and total > done_images else 0.0
     log(f"cache-cues: wrote {out}: {summary['images']} images, {summary['proposals']} proposals, "
-        f"{summary['bank_masks']} GrabCut masks; {summary['computed_images']} images computed in "
-        f"{compute_s:.1f} s ({rate:.2f} img/s); proposal boxes read as {source.convention()}")
+        f"{summary['bank_masks']} seed masks ({summary['bytes_per_image'] / 1e3:.0f} KB per image); "
+        f"{summary['computed_images']} images computed in {compute_s:.1f} s ({rate:.2f} img/s); "
+        f"proposal boxes read as {source.convention()}")
     return summary

@@ -68,8 +68,10 @@ def method_specs(params: SeedParams, has_segments: bool, online: bool) -> dict:
              "ellipse": ("inscribed ellipse", with_method("ellipse")),
              "grabcut": ("GrabCut: rectangle, sure-fg core where it degenerates",
                          with_method("grabcut")),
-             "grabcut_masked": ("GrabCut, sure-fg core only (default)",
+             "grabcut_masked": ("GrabCut, sure-fg core only (cv2, one box per call)",
                                 with_method("grabcut_masked")),
+             "grabcut_batched": ("GrabCut's model batched, sure-fg core (default)",
+                                 with_method("grabcut_batched")),
              "grabcut_rect_v1": ("GrabCut, rectangle, 72-px crop, 3 it (earlier bank)",
                                  with_method(**V1_PARAMS))}
     if has_segments:
@@ -114,7 +116,8 @@ def cue_report(manifest_path, cues_path, online: bool = True, max_images: int | 
     store.check_manifest(manifest, require_bank=True)
     params = SeedParams.from_stored(store.meta("seeds"))
     rep = {"manifest": str(manifest.path), "cues": str(store.path), "images": len(store),
-           "proposal_source": store.meta("proposal_source"), "seeds": params.to_dict()}
+           "proposal_source": store.meta("proposal_source"), "seeds": params.to_dict(),
+           "bytes_per_image": store.bytes_per_image()}
 
     counts = store.index["prop_count"]
     bank_counts = store.index["bank_count"]
@@ -275,7 +278,8 @@ def format_report(rep: dict) -> str:
     L = [f"cue-report: {rep['cues']} ({rep['images']} images)",
          f"  proposals/image: mean {rep['proposals_per_image']['mean']:.0f} "
          f"(min {rep['proposals_per_image']['min']}, max {rep['proposals_per_image']['max']}); "
-         f"seed masks/image: mean {rep['bank_per_image']['mean']:.0f} ({rep['seeds']['method']})",
+         f"seed masks/image: mean {rep['bank_per_image']['mean']:.0f} ({rep['seeds']['method']}); "
+         f"{rep['bytes_per_image'] / 1e3:.0f} KB per image on disk",
          f"  coverage (IoU proposal -> representative): mean {rep['coverage']['mean_iou']:.3f}, "
          f">=0.5 {rep['coverage']['frac_ge_0.5']:.1%}, >=0.7 {rep['coverage']['frac_ge_0.7']:.1%}",
          "  bank status: " + ", ".join(f"{k} {v:.1%}" for k, v in rep["bank_status"].items())]

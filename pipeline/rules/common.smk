@@ -133,9 +133,10 @@ def prepare_args(wildcards):
 
 
 def proposal_args(wildcards):
-    """cli.py proposals-shard options: the proposal files' convention, where the config states it."""
-    return " ".join(f"--{k.replace('_', '-')} {config[k]}" for k in ("box_format", "box_base")
-                    if config.get(k) is not None)
+    """cli.py proposals-shard options: the proposal files' convention and the proposals kept per
+    image, where the config states them."""
+    return " ".join(f"--{k.replace('_', '-')} {config[k]}"
+                    for k in ("box_format", "box_base", "max_proposals") if config.get(k) is not None)
 
 
 def seed_args(wildcards):

@@ -7,9 +7,13 @@
 3. cached vs online (authors') GrabCut on the embedded benchmark: seconds per box and mask IoU
    vs GT for the best proposal of every GT instance;
 4. with ``--coco-real DIR`` (a COCO tree of real photos, e.g. ../shared/data/coco-real): on its
-   ``--real-split`` (val2017), the whole cache stage's core-seconds per image (proposals + bank, at
-   the built-in source's 2,000 proposals), proposal recall overall and by size, and the seed-mask
-   table of ``cue-report`` (every method on the matched proposal and on the GT box, by size);
+   ``--real-split`` (val2017), at each of ``--max-proposals`` (2,000 and 4,000 built-in proposals
+   per image): the whole cache stage's core-seconds per image (proposals + seed masks), bytes per
+   image on disk, warm random access per image, and the ratio of the authors' online GrabCut over
+   their VOC schedule (24 epochs x the image's present classes x 10 seeds x the ms per online
+   GrabCut measured in the same run) to that cost; at the first size also proposal recall overall
+   and by size, and the seed-mask table of ``cue-report`` (every method on the matched proposal
+   and on the GT box, by size);
    ``--readme pipeline/results/README.md`` writes that table between the ``<!-- bench_cues:real -->`` markers.
 
     python pipeline/scripts/bench_cues.py [--images 16] [--quality-images 60] [--out bench.json]
@@ -76,24 +80,64 @@ def bench_per_image(manifest, params, n_props=2000):
             "seed_core_s_per_image_at_2000": t_seed / n, "grabcut_masks_per_image": float(np.mean(n_bank))}
 
 
-def bench_real(root, split, params, tmp, online=True):
-    """Part 4: cost, recall and seed-mask quality on real photos (a COCO tree)."""
+VOC_EPOCHS = 24  # the authors' VOC schedule, in epochs
+ONLINE_SEEDS = 10  # seeds per present class per step (paper: n_seed)
+
+
+def time_random_access(path, repeats: int = 3) -> float:
+    """Warm random access: ms per image for ``CueStore.get`` (bank included) in shuffled order,
+    after one pass that warms the OS cache; the best of ``repeats`` passes."""
+    from pdsl.cues.store import CueStore
+
+    s = CueStore(path)
+    ids = list(s.ids)
+    np.random.default_rng(0).shuffle(ids)
+    for i in ids:
+        s.get(int(i))
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for i in ids:
+            s.get(int(i))
+        best = min(best, (time.perf_counter() - t) / len(ids))
+    s.close()
+    return 1e3 * best
+
+
+def online_ms_per_box(manifest, images: int = 10) -> float:
+    """ms per authors' online GrabCut (whole image at 400 px, 5 iterations) on the GT boxes of
+    the first ``images`` images (the run's own measure when --no-online leaves it out)."""
+    from pdsl.cues.grabcut import grabcut_online
+    from pdsl.cues.report import gt_instances
+
+    t, n = 0.0, 0
+    for img in manifest.images[:images]:
+        image = read_image(manifest.image_path(img), img["id"])
+        for box in gt_instances(manifest, img)[0]:
+            t0 = time.process_time()
+            grabcut_online(image, box)
+            t += time.process_time() - t0
+            n += 1
+    return 1e3 * t / max(n, 1)
+
+
+def bench_real(root, split, params, tmp, online=True, max_proposals=2000, report=True):
+    """Part 4: cost, storage, reading, recall and seed-mask quality on real photos (a COCO tree)."""
     from pdsl.datasets import prepare_data
+    from pdsl.io import file_sha1
+    from pdsl.cues.store import CueWriter
 
     man_path = Path(tmp) / f"{split}.json"
     manifest = prepare_data("coco", man_path, split, root=root, progress=False)
-    src = make_source("builtin")
+    src = make_source("builtin", max_proposals=max_proposals)
     t_prop = t_seed = 0.0
     n_prop, n_bank = [], []
-    out = Path(tmp) / f"real-{split}.h5"
-    from pdsl.cues.store import CueWriter
-
+    out = Path(tmp) / f"real-{split}-{max_proposals}.h5"
     meta = {"dataset": manifest.dataset, "split": manifest.split, "num_classes": manifest.num_classes,
             "class_names": manifest.class_names, "manifest": str(manifest.path), "shard": "1-of-1",
             "proposal_source": src.describe(), "seeds": params.to_dict()}
-    from pdsl.io import file_sha1
-
-    with CueWriter(out, meta, kind="cues", mask_size=params.mask_size) as w:
+    with CueWriter(out, meta, kind="cues", mask_size=params.mask_size,
+                   bank_layout=params.bank_layout, mask_encoding=params.mask_format) as w:
         for img in manifest.images:
             path = manifest.image_path(img)
             image = read_image(path, img["id"])
@@ -108,11 +152,27 @@ def bench_real(root, split, params, tmp, online=True):
             w.add(img["id"], img["height"], img["width"], file_sha1(path), p["boxes"], p["scores"],
                   **bank)
     n = len(manifest.images)
-    rep = cue_report(man_path, out, online=online)
-    return {"images": n, "proposals_per_image": float(np.mean(n_prop)),
-            "masks_per_image": float(np.mean(n_bank)), "proposal_core_s_per_image": t_prop / n,
-            "seed_core_s_per_image": t_seed / n, "cache_core_s_per_image": (t_prop + t_seed) / n,
-            "report": rep}
+    from pdsl.cues.store import CueStore
+
+    r = {"images": n, "max_proposals": max_proposals, "proposals_per_image": float(np.mean(n_prop)),
+         "masks_per_image": float(np.mean(n_bank)), "proposal_core_s_per_image": t_prop / n,
+         "seed_core_s_per_image": t_seed / n, "cache_core_s_per_image": (t_prop + t_seed) / n,
+         "bytes_per_image": CueStore(out).bytes_per_image(),
+         "random_access_ms_per_image": time_random_access(out),
+         "present_classes_per_image": float(np.mean([len(i["labels"]) for i in manifest.images]))}
+    if report:
+        r["report"] = cue_report(man_path, out, online=online)
+        sm = r["report"]["seed_masks"]
+        r["online_ms_per_box"] = (1e3 * sm["online_s_per_box"] if "online_s_per_box" in sm
+                                  else online_ms_per_box(manifest))
+    return r
+
+
+def online_ratio(r: dict, online_ms: float) -> float:
+    """The authors' online GrabCut over their VOC schedule (epochs x present classes x seeds x ms
+    per GrabCut) divided by the cache's cost, per image."""
+    online_s = VOC_EPOCHS * r["present_classes_per_image"] * ONLINE_SEEDS * online_ms / 1e3
+    return online_s / r["cache_core_s_per_image"]
 
 
 def write_readme(readme: Path, text: str, tag: str = "bench_cues:real"):
@@ -127,18 +187,31 @@ def write_readme(readme: Path, text: str, tag: str = "bench_cues:real"):
     tmp.replace(readme)
 
 
-def real_markdown(r: dict, cmd: str) -> str:
+def real_markdown(r: dict, cmd: str, more: list = ()) -> str:
     from pdsl.cues.report import methods_table
 
     rep = r["report"]
+    om = r["online_ms_per_box"]
+    sizes = [r, *more]
+    cost_rows = [
+        f"| cache stage at {x['max_proposals']:,} proposals: proposals + seed masks, core-s per "
+        f"image | {x['proposal_core_s_per_image']:.2f} + {x['seed_core_s_per_image']:.2f} = "
+        f"**{x['cache_core_s_per_image']:.2f}** "
+        f"({1e3 * x['seed_core_s_per_image'] / max(x['masks_per_image'], 1):.2f} ms per seed mask) |"
+        for x in sizes] + [
+        f"| bytes per image at {x['max_proposals']:,} proposals (all fields, {x['masks_per_image']:.0f} "
+        f"masks) | {x['bytes_per_image'] / 1e3:.0f} KB |" for x in sizes] + [
+        f"| random access, warm, at {x['max_proposals']:,} proposals | "
+        f"{x['random_access_ms_per_image']:.2f} ms per image |" for x in sizes] + [
+        f"| authors' online GrabCut over their VOC schedule ({VOC_EPOCHS} epochs × "
+        f"{r['present_classes_per_image']:.2f} present classes × {ONLINE_SEEDS} seeds × {om:.0f} ms) "
+        f"/ cache at {x['max_proposals']:,} | **{online_ratio(x, om):.0f}×** |" for x in sizes]
     rc, rs = rep["recall"], rep["recall_by_size"]
     L = [f"Measured by `{cmd}` ({r['images']} photos, {rep['gt']['instances']} non-crowd instances; "
          f"one core per image, `time.process_time`):", "",
          "| cache stage, real photos | value |", "|---|---|",
          f"| proposals per image (built-in) | {r['proposals_per_image']:.0f} |",
-         f"| seed masks per image (bank) | {r['masks_per_image']:.0f} |",
-         f"| core-s per image: proposals + bank | {r['proposal_core_s_per_image']:.2f} + "
-         f"{r['seed_core_s_per_image']:.2f} = **{r['cache_core_s_per_image']:.2f}** |",
+         f"| seed masks per image | {r['masks_per_image']:.0f} |", *cost_rows,
          f"| recall@0.5, all instances / ≥ 32² px | {rc['iou_0.5']:.1%} / **{rc['iou_0.5_ge_32px']:.1%}** |",
          "| recall@0.5 small / medium / large | " + " / ".join(
              f"{rs[k]['iou_0.5']:.1%}" if rs[k]["n"] else "—" for k in ("small", "medium", "large")) + " |",
@@ -169,11 +242,15 @@ def main():
     ap.add_argument("--no-online", action="store_true", help="part 4 without the authors' online "
                     "GrabCut rows (~150 ms per box)")
     ap.add_argument("--readme", default=None, help="write part 4's table into this README")
-    ap.add_argument("--sharing", default=None, choices=("facility", "threshold"),
+    ap.add_argument("--sharing", default=None, choices=("none", "facility", "threshold"),
                     help="the bank's sharing (default: SeedParams'); run both, one after the "
                          "other on an idle machine, to compare their costs")
-    ap.add_argument("--method", default=None, choices=("grabcut", "grabcut_masked", "grabcut_rect"),
+    ap.add_argument("--method", default=None,
+                    choices=("grabcut_batched", "grabcut", "grabcut_masked", "grabcut_rect"),
                     help="the bank's seed-mask method (default: SeedParams')")
+    ap.add_argument("--max-proposals", default="2000,4000",
+                    help="part 4: proposals per image, comma-separated; the seed-mask table is "
+                         "measured at the first, cost, storage and reading at each")
     ap.add_argument("--max-bank", type=int, default=None,
                     help="masks per image at most (default: SeedParams')")
     args = ap.parse_args()
@@ -186,20 +263,26 @@ def main():
                                              ("max_bank", args.max_bank)) if v is not None})
     res = {"seed_params": params.to_dict()}
     if args.coco_real:
+        sizes = [int(v) for v in args.max_proposals.split(",")]
         with tempfile.TemporaryDirectory() as tmp:
-            r = bench_real(args.coco_real, args.real_split, params, tmp, online=not args.no_online)
+            r = bench_real(args.coco_real, args.real_split, params, tmp, online=not args.no_online,
+                           max_proposals=sizes[0])
+            more = [bench_real(args.coco_real, args.real_split, params, tmp, max_proposals=k,
+                               report=False) for k in sizes[1:]]
         cmd = "python pipeline/scripts/bench_cues.py --coco-real " + args.coco_real + (
             f" --real-split {args.real_split}" if args.real_split != "val2017" else "") + (
             " --no-online" if args.no_online else "") + (
             f" --sharing {args.sharing}" if args.sharing else "") + (
             f" --method {args.method}" if args.method else "") + (
-            f" --max-bank {args.max_bank}" if args.max_bank else "") + " --readme pipeline/results/README.md"
-        md = real_markdown(r, cmd)
+            f" --max-bank {args.max_bank}" if args.max_bank else "") + (
+            f" --max-proposals {args.max_proposals}" if sizes != [2000, 4000] else "") + (
+            " --readme pipeline/results/README.md")
+        md = real_markdown(r, cmd, more)
         print(md)
         if args.readme:
             write_readme(Path(args.readme), md)
         if args.out:
-            Path(args.out).write_text(json.dumps(r, indent=2))
+            Path(args.out).write_text(json.dumps({"first": r, "more": more}, indent=2))
         return
     with tempfile.TemporaryDirectory() as tmp:
         big = generate(Path(tmp) / "big.json", "bench", args.images, seed=7, image_size=500)

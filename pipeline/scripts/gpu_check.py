@@ -2,7 +2,7 @@
 """GPU check (a script, not a test; at most ~5 minutes on one GPU). In one run it:
 
 1. builds a small synthetic cue cache at the paper's sizes (VOC-sized 500-px images, exactly
-   ``--proposals`` MCG-like proposals per image, the default GrabCut bank) with the real cache
+   ``--proposals`` MCG-like proposals per image, one default seed mask each) with the real cache
    stage (``pdsl.cues.cache.cache_cues``);
 2. trains PDSL with ResNet-50 (the paper's backbone variant, random init: speed does not depend on
    the weights) through the trainer's own step (:func:`pdsl.engine.train.run_step`, DataLoader as in
@@ -57,7 +57,7 @@ SIZES = {
               "overrides": []},
     "tiny": {"images": 4, "image_size": 80, "proposals": 40, "steps": 2, "warmup": 1,
              "online_steps": 1, "infer_images": 2, "tta_images": 1, "max_det": 10, "workers": 0,
-             "cache_workers": 1, "seeds": {"crop_size": 32, "iterations": 2, "max_bank": 16},
+             "cache_workers": 1, "seeds": {},
              "overrides": ["input.train_scales=[64,72]", "input.max_size=128",
                            "input.test_scales=[40,48,56,64,72,80,88,96]",
                            "input.max_proposals=40", "model.hidden_dim=128", "model.mask_dim=32",
