@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..boxes import box_iou
 from ..errors import DataError
 
 #: below this IoU with its segmentation's extent a bbox is replaced by that extent
@@ -69,14 +70,6 @@ def segmentation_extent(seg, h: int, w: int):
             min(max(float(x2), 0.0), w), min(max(float(y2), 0.0), h)]
 
 
-def _iou(a, b) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def check_bbox(a: dict, h: int, w: int, where: str) -> str | None:
     """Fix one annotation's ``bbox`` in place: ``"replaced"`` (by its segmentation's extent),
     ``"clipped"`` (to the image), or None (unchanged). An empty ``segmentation`` is removed (a
@@ -104,7 +97,7 @@ def check_bbox(a: dict, h: int, w: int, where: str) -> str | None:
     box = [x, y, x + bw, y + bh]
     clipped = [min(max(box[0], 0.0), w), min(max(box[1], 0.0), h),
                min(max(box[2], 0.0), w), min(max(box[3], 0.0), h)]
-    if ext is not None and _iou(clipped, ext) < BBOX_SEGM_MIN_IOU:
+    if ext is not None and box_iou(clipped, ext)[0, 0] < BBOX_SEGM_MIN_IOU:
         a["bbox"] = [ext[0], ext[1], ext[2] - ext[0], ext[3] - ext[1]]
         return "replaced"
     if clipped != box:
