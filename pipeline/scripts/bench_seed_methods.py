@@ -57,7 +57,7 @@ def main():
     ious = {k: [] for k in variants}
     cost = {k: 0.0 for k in variants}
     for img in m.images[:a.images]:
-        gt_boxes, gt_masks, _ = gt_instances(m, img)
+        gt_boxes, gt_masks, _, _ = gt_instances(m, img)
         if not len(gt_boxes):
             continue
         c = store.get(img["id"], with_bank=False)
