@@ -27,6 +27,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
+def clip_box(box, height: int, width: int) -> list[float]:
+    """One x1y1x2y2 box clipped to an image of ``height`` x ``width``, as Python floats."""
+    return [min(max(float(v), 0.0), lim) for v, lim in zip(box, (width, height, width, height))]
+
+
 def mask_to_box(mask: np.ndarray) -> np.ndarray | None:
     """Tight x1y1x2y2 box of a binary mask ``[H, W]`` (x2 = last column + 1), or None if empty."""
     ys, xs = np.nonzero(mask)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..boxes import box_iou
+from ..boxes import box_iou, clip_box
 from ..errors import DataError
 
 #: below this IoU with its segmentation's extent a bbox is replaced by that extent
@@ -66,8 +66,7 @@ def segmentation_extent(seg, h: int, w: int):
         x2, y2 = x1 + bw, y1 + bh
     else:
         return None
-    return [min(max(float(x1), 0.0), w), min(max(float(y1), 0.0), h),
-            min(max(float(x2), 0.0), w), min(max(float(y2), 0.0), h)]
+    return clip_box((x1, y1, x2, y2), h, w)
 
 
 def check_bbox(a: dict, h: int, w: int, where: str) -> str | None:
@@ -95,8 +94,7 @@ def check_bbox(a: dict, h: int, w: int, where: str) -> str | None:
         raise DataError(f"{where}: annotation {a.get('id', '?')} (image {a['image_id']}): bbox "
                         f"{bb!r} is not [x, y, width, height] with width, height >= 0")
     box = [x, y, x + bw, y + bh]
-    clipped = [min(max(box[0], 0.0), w), min(max(box[1], 0.0), h),
-               min(max(box[2], 0.0), w), min(max(box[3], 0.0), h)]
+    clipped = clip_box(box, h, w)
     if ext is not None and box_iou(clipped, ext)[0, 0] < BBOX_SEGM_MIN_IOU:
         a["bbox"] = [ext[0], ext[1], ext[2] - ext[0], ext[3] - ext[1]]
         return "replaced"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..boxes import clip_box
 from ..errors import DataError
 
 #: VOC's void/border colour (index 255 of the VOC colour map), kept as void with a labelmap too
@@ -138,8 +139,7 @@ def xml_class_names(voc: Path) -> list[str]:
 def box_annotation(box, image_id: int, category_id: int, difficult: bool, h: int, w: int):
     """A box-only COCO annotation (no ``segmentation``; ``iscrowd`` 1 for VOC's difficult
     objects, which detection protocols ignore), the box clipped to the image."""
-    x1, y1 = min(max(box[0], 0.0), w), min(max(box[1], 0.0), h)
-    x2, y2 = min(max(box[2], 0.0), w), min(max(box[3], 0.0), h)
+    x1, y1, x2, y2 = clip_box(box, h, w)
     a = {"image_id": int(image_id), "category_id": int(category_id),
          "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
          "iscrowd": int(bool(difficult))}
