@@ -182,10 +182,8 @@ def _xml_boxes(voc: Path, name: str, layout: Layout):
     return x["size"], [(o["box"], ids[o["name"]], o["difficult"]) for o in x["objects"]], str(path)
 
 
-def _image_size(path: Path, name: str):
-    js = jpeg_size(path)
-    if js is not None:
-        return js
+def _decoded_size(path: Path, name: str):
+    """(height, width) of an image whose header :func:`jpeg_size` could not read."""
     import cv2
 
     im = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -212,7 +210,7 @@ def convert_voc_image(voc: Path, name: str, sbd: Path | None = None,
     if sbd is None and not (voc / "SegmentationObject" / f"{name}.png").is_file() \
             and xml.is_file():
         size, boxes, mask_path = _xml_boxes(voc, name, layout)
-        h, w = size if size is not None else _image_size(jpg, name)
+        h, w = size if size is not None else (js or _decoded_size(jpg, name))
         if js is not None and js != (h, w):
             raise DataError(f"image {name}: JPEG {jpg} is {js[1]}x{js[0]} but {mask_path} says "
                             f"{w}x{h}")
