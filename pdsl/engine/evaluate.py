@@ -77,7 +77,7 @@ def evaluate_run(run_dir, manifest, cues, tta: bool = False, out_dir=None,
     params = TestParams.from_config(cfg, tta)
     out_dir = Path(out_dir) if out_dir else Path(run_dir) / "eval" / manifest.split
     if max_images:  # score only the processed images
-        manifest = subset_manifest(manifest, manifest.images[:max_images])
+        manifest = manifest.subset(manifest.images[:max_images])
 
     def predict(img):
         c = store.get(img["id"], with_bank=False)
@@ -108,11 +108,6 @@ def evaluate_run(run_dir, manifest, cues, tta: bool = False, out_dir=None,
 
 #: images whose predictions ``report.md`` draws (the only ones kept in memory)
 REPORT_SAMPLES = 6
-
-
-def subset_manifest(manifest, images):
-    """The manifest restricted to ``images`` (and their annotations)."""
-    return manifest.subset(images)
 
 
 def stream_evaluation(manifest, predict, results_path, keep=(), label: str = "eval"):
@@ -172,7 +167,7 @@ def ap_curve(run_dir, manifest, cues, max_images: int = 50, device: str = "auto"
     device = _device(device)
     manifest, store = _open_split(manifest, cues)
     images = manifest.images[:max_images]
-    sub = subset_manifest(manifest, images)
+    sub = manifest.subset(images)
     ckpts = sorted((Path(run_dir) / "checkpoints").glob("model_*.pth"))
     if not ckpts:
         raise ConfigError(f"run {run_dir}: no checkpoints to draw an AP curve from")

@@ -105,9 +105,10 @@ def voc_ap_metrics(acc, coco_gt, manifest, thresholds) -> dict:
         if not a.get("iscrowd", 0):
             n_pos[manifest.cat_id_to_index[a["category_id"]]] += 1
     mean, out = {}, {}
+    by_metric = acc.aps(n_pos, ("area", "voc07"))
     for metric, prefix, key in (("area", "voc_", "per_class"),
                                 ("voc07", "voc07_", "per_class_voc07")):
-        aps = acc.ap(n_pos, metric)
+        aps = by_metric[metric]
         out[key] = {}
         for t in thresholds:
             vals = np.asarray(aps[t], np.float64) * 100

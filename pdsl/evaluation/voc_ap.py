@@ -131,22 +131,29 @@ class VOCAccumulator:
     def ap(self, n_pos, metric: str = "area") -> dict[float, list[float]]:
         """``{threshold: [AP of class c (fraction, nan without GT)]}``; ``n_pos`` [C];
         ``metric``: ``"area"`` (:func:`voc_ap`) or ``"voc07"`` (:func:`voc07_ap`)."""
-        ap_of = {"area": voc_ap, "voc07": voc07_ap}[metric]
-        out = {t: [] for t in self.thresholds}
+        return self.aps(n_pos, (metric,))[metric]
+
+    def aps(self, n_pos, metrics=("area", "voc07")) -> dict[str, dict[float, list[float]]]:
+        """:meth:`ap` for several metrics from one pass over the spooled rows:
+        ``{metric: {threshold: [AP of class c]}}``."""
+        ap_of = {m: {"area": voc_ap, "voc07": voc07_ap}[m] for m in metrics}
+        out = {m: {t: [] for t in self.thresholds} for m in metrics}
         for c in range(self.num_classes):
             n = int(n_pos[c])
             rows = self._rows.group(c)
             rows = rows[np.lexsort((rows["pos"], rows["img"], -rows["score"]))]
             for t, thr in enumerate(self.thresholds):
                 if n == 0:
-                    out[thr].append(float("nan"))
+                    for m in metrics:
+                        out[m][thr].append(float("nan"))
                     continue
                 tp_flag = (rows["tp"] >> np.uint32(t)) & 1 > 0
                 fp_flag = ~tp_flag & ((rows["ignored"] >> np.uint32(t)) & 1 == 0)
                 tp, fp = np.cumsum(tp_flag), np.cumsum(fp_flag)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     prec = tp / (tp + fp)
-                out[thr].append(ap_of(prec, tp / n))
+                for m in metrics:
+                    out[m][thr].append(ap_of[m](prec, tp / n))
         return out
 
     def close(self) -> None:
