@@ -100,10 +100,18 @@ DIAG_PREFIX = "diag_"  # metrics.jsonl keys that are diagnostics, not loss terms
 
 def add_diagnostics(totals: dict, diag: dict | None) -> None:
     """Add one forward pass's ``{name: (sum, count)}`` diagnostics (PDSLNet.last_diagnostics)
-    into ``totals``."""
-    for k, (s, c) in (diag or {}).items():
+    into ``totals``. The values come to the host in one transfer (one device sync per pass,
+    not two per key)."""
+    items = list((diag or {}).items())
+    if not items:
+        return
+    parts = [x for _, sc in items for x in sc]
+    dev = next((x.device for x in parts if torch.is_tensor(x)), "cpu")
+    vals = torch.stack([torch.as_tensor(x, dtype=torch.float64, device=dev).reshape(())
+                        for x in parts]).tolist()
+    for i, (k, _) in enumerate(items):
         ts, tc = totals.get(k, (0.0, 0.0))
-        totals[k] = (ts + float(s), tc + float(c))
+        totals[k] = (ts + vals[2 * i], tc + vals[2 * i + 1])
 
 
 def diagnostics_line(totals: dict, world: int = 1) -> dict:

@@ -24,16 +24,17 @@ def collect(spec: dict, out: Path, only=None) -> list[dict]:
     for c in cells(spec, only):
         if cell_done(c, spec, Path(out)):
             rec = json.loads((c.dir(out) / "cell.json").read_text())
-            rec["losses"] = final_losses(c.dir(out) / "metrics.jsonl")
-            rec["diagnostics"] = final_losses(c.dir(out) / "metrics.jsonl", prefix="diag_")
+            means = final_losses(c.dir(out) / "metrics.jsonl", prefix=("loss_", "diag_"))
+            rec["losses"] = {k: v for k, v in means.items() if k.startswith("loss_")}
+            rec["diagnostics"] = {k: v for k, v in means.items() if k.startswith("diag_")}
             recs.append(rec)
     return recs
 
 
-def final_losses(metrics_jsonl, last: int = 100, prefix: str = "loss_") -> dict:
-    """Mean of every ``loss_*`` (keys starting with ``prefix``: ``diag_`` for the mask chain's
-    diagnostics) of a run's last ``last`` logged steps (what each settled at: the table's
-    explanation of a direction); {} without a log."""
+def final_losses(metrics_jsonl, last: int = 100, prefix: str | tuple = "loss_") -> dict:
+    """Mean of every ``loss_*`` (keys starting with ``prefix``, or any of a tuple: ``diag_`` for
+    the mask chain's diagnostics) of a run's last ``last`` logged steps (what each settled at:
+    the table's explanation of a direction); {} without a log."""
     path = Path(metrics_jsonl)
     if not path.is_file():
         return {}
