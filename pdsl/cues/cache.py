@@ -122,15 +122,21 @@ def _shard_is_current(path: Path, source_desc: dict, params: SeedParams, manifes
             and s.meta("split") == manifest.split and len(s) == n_images)
 
 
-def _run_shard(manifest_path, spec, shard, parts_dir, params) -> tuple[str, int, float]:
-    from ..proposals import make_source
+def _stored_source(prop_file: Path):
+    """The proposal source a proposals shard was written with (the file closed again)."""
+    store = CueStore(prop_file)
+    try:
+        return store.meta("proposal_source")
+    finally:
+        store.close()
 
+
+def _run_shard(manifest_path, source, shard, parts_dir, params) -> tuple[str, int, float]:
     t0 = time.perf_counter()
     m = load_manifest(manifest_path)
     prop_file = parts_dir / f"proposals-{shard}.h5"
-    source = make_source(spec) if isinstance(spec, str) else spec
     # a proposals shard left by a run with another source (e.g. another max_proposals) is redone
-    if not prop_file.is_file() or CueStore(prop_file).meta("proposal_source") != source.describe():
+    if not prop_file.is_file() or _stored_source(prop_file) != source.describe():
         compute_proposals_shard(m, source, shard, prop_file)
     compute_seeds_shard(m, prop_file, parts_dir / f"seeds-{shard}.h5", params)
     prop_file.unlink()

@@ -14,9 +14,9 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import CacheError
-from .cueformat import (FORMAT_VERSION, INDEX_KEYS, READ_VERSIONS, STATUS_EMPTY,  # noqa: F401
-                        STATUS_FALLBACK, STATUS_FULL, STATUS_NAMES, STATUS_OK, STATUS_TINY,
-                        ImageCues, unpack_masks)
+from .cueformat import (ENCODINGS, FORMAT_VERSION, INDEX_KEYS, LAYOUTS,  # noqa: F401
+                        READ_VERSIONS, STATUS_EMPTY, STATUS_FALLBACK, STATUS_FULL, STATUS_NAMES,
+                        STATUS_OK, STATUS_TINY, ImageCues, unpack_masks)
 from .writer import CueWriter, merge_cue_files  # noqa: F401
 
 
@@ -47,8 +47,7 @@ class CueStore:
         self.mask_size = int(self.attrs.get("mask_size", 0))
         self.bank_layout = self.attrs.get("bank_layout", "shared")
         self.mask_encoding = self.attrs.get("mask_encoding", "u8")
-        if self.bank_layout not in ("shared", "per_proposal") or self.mask_encoding not in (
-                "u8", "bits"):
+        if self.bank_layout not in LAYOUTS or self.mask_encoding not in ENCODINGS:
             raise CacheError(f"cue cache {self.path}: unknown bank_layout {self.bank_layout!r} "
                              f"or mask_encoding {self.mask_encoding!r}")
         self.index = {k: f[f"images/{k}"][()] for k in INDEX_KEYS}
