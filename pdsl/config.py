@@ -89,11 +89,7 @@ def legacy_values(saved: dict) -> dict:
 
 def _apply(cfg: "Config", values: dict) -> None:
     for key, v in values.items():
-        *parents, last = key.split(".")
-        node = cfg
-        for part in parents:
-            node = node[part]
-        node[last] = v
+        _merge(cfg, _nest(key, v), "legacy defaults")
 
 
 class Config(dict):
