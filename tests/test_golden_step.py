@@ -22,7 +22,7 @@ import torch
 from pdsl.model import PDSLNet
 from test_model import _batch as model_batch
 
-FIXTURE = Path(__file__).with_name("fixtures") / "golden_step.npz"
+FIXTURES = Path(__file__).with_name("fixtures")
 NUM_CLASSES = 3
 PREDICTOR_SEED = 14  # chosen so that no chain logit lies within 3e-4 of the 0.5 threshold
 # Every switch of PDSLNet, set explicitly (the values the model was pinned with).
@@ -36,6 +36,16 @@ SWITCHES = dict(
     box_pooler="roipool", learning="parallel", mask0_channels="single", seed_pool="all",
     mask_loss_mean="image", mask_sampling_ratio=2,
 )
+# The authors' recipe of the grids: their stride-8 backbone, frozen (the CPU RoIPool's table form
+# and channels-last convolutions run), and the mask branch's authors' choices.
+AUTHORS = dict(SWITCHES, backbone="tiny_ws", freeze_at=5, mask0_channels="per_class",
+               seed_pool="foreground", mask_loss_mean="batch", mask_sampling_ratio=0)
+# WSDDN's detection stream is softmaxed over proposals, so its weight's gradient is a sum of terms
+# whose mean part cancels (its bias's gradient is exactly zero): float32 rounding that differs
+# between CPUs (BLAS kernels) moves it by ~1.1e-5 relative while every other tensor agrees to
+# ~4e-7 (measured on two machines). A real change of the computation moves it by orders more.
+TOLERANCE = {"grad/wsddn.fc_d.weight": 1e-4}
+CASES = {"golden_step.npz": SWITCHES, "golden_step_authors.npz": AUTHORS}
 
 
 def _batch():
@@ -64,14 +74,16 @@ def golden_step(switches=SWITCHES) -> dict[str, np.ndarray]:
     return out
 
 
-def test_golden_step_losses_and_gradients():
+@pytest.mark.parametrize("fixture", sorted(CASES))
+def test_golden_step_losses_and_gradients(fixture):
     torch.set_num_threads(1)
-    got = golden_step()
+    got = golden_step(CASES[fixture])
+    path = FIXTURES / fixture
     if os.environ.get("PDSL_REGEN_GOLDEN"):
-        FIXTURE.parent.mkdir(exist_ok=True)
-        np.savez_compressed(FIXTURE, **got)
-        pytest.skip(f"regenerated {FIXTURE}")
-    ref = dict(np.load(FIXTURE))
+        path.parent.mkdir(exist_ok=True)
+        np.savez_compressed(path, **got)
+        pytest.skip(f"regenerated {path}")
+    ref = dict(np.load(path))
     assert sorted(got) == sorted(ref), "the set of losses / trainable parameters changed"
     bad = []
     for k, r in ref.items():
@@ -83,15 +95,16 @@ def test_golden_step_losses_and_gradients():
             err = np.linalg.norm(v)  # cancels it), so no relative error: stays zero
         else:
             err = np.linalg.norm(v - r) / den
-        if not err <= 1e-5:
+        if not err <= TOLERANCE.get(k, 1e-5):
             bad.append(f"{k}: relative error {err:.2e}")
     assert not bad, "the step's computation changed:\n" + "\n".join(bad)
 
 
-def test_golden_fixture_is_informative():
+@pytest.mark.parametrize("fixture", sorted(CASES))
+def test_golden_fixture_is_informative(fixture):
     """The pinned batch exercises what it should: every loss term non-zero, every parameter with
     a non-zero gradient (so a dropped term or a detached path shows up as an error above)."""
-    ref = dict(np.load(FIXTURE))
+    ref = dict(np.load(FIXTURES / fixture))
     for k, v in ref.items():
         if k != "grad/wsddn.fc_d.bias":  # mathematically zero (see above)
             assert np.linalg.norm(v) > 1e-6, f"{k} is zero in the golden step"

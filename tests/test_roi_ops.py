@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torchvision.ops import roi_align as tv_align
+from torchvision.ops import roi_pool as tv_pool
 
 from pdsl.model import roi_ops
 
@@ -62,3 +63,56 @@ def test_dispatch_keeps_torchvision_for_large_maps_low_precision_and_no_gradient
     with torch.autocast("cpu", dtype=torch.bfloat16):
         roi_ops.roi_align(f(1, 2, 8, 8), box, 14, 1 / 16, 0)
     assert calls == ["matrix"] + ["torchvision"] * 4
+
+
+def _pool_case(seed):
+    """Random maps with many ties (rows of zeros, ReLU), boxes beyond and outside the map, boxes
+    on half cells (the corners' rounding), images without boxes, three scales."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = (int(v) for v in torch.randint(3, 30, (2,), generator=g))
+    f = torch.relu(torch.randn(3, 5, H, W, generator=g))
+    f[:, :, ::3] = 0
+    scale = (1 / 8, 1 / 16, 0.3)[seed % 3]
+    boxes = []
+    for b in range(3):
+        n = 0 if b == 1 else int(torch.randint(1, 40, (1,), generator=g))
+        xy = torch.rand(n, 2, generator=g) * torch.tensor([W, H]) / scale * 1.1 - 10
+        wh = torch.rand(n, 2, generator=g) * torch.tensor([W, H]) / scale * 1.2
+        bx = torch.cat([xy, xy + wh], 1)
+        half = torch.round(bx * scale * 2) / (2 * scale)
+        boxes.append(torch.where(torch.rand(bx.shape, generator=g) < 0.3, half, bx))
+    return f, boxes, scale
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_roi_pool_table_equals_torchvision(seed):
+    f, boxes, scale = _pool_case(seed)
+    got = roi_ops.roi_pool_table(f, boxes, 7, scale)
+    assert got is not None and torch.equal(got, tv_pool(f, boxes, 7, scale))
+
+
+def test_roi_pool_bins_round_half_away_from_zero():
+    # corners at exactly .5 cells round away from zero (C's round), not to even (torch.round)
+    (hs, he), (ws, we) = roi_ops.roi_pool_bins(torch.tensor([[4.0, 12.0, 20.0, 44.0]]), 2, 1 / 8,
+                                               100, 100)
+    # x: round(0.5) = 1 .. round(2.5) = 3: 3 cells, bins of 1.5: [1, 3), [2, 4)
+    assert ws.tolist() == [[1, 2]] and we.tolist() == [[3, 4]]
+    # y: round(1.5) = 2 .. round(5.5) = 6: 5 cells, bins of 2.5: [2, 5), [4, 7)
+    assert hs.tolist() == [[2, 4]] and he.tolist() == [[5, 7]]
+
+
+def test_roi_pool_dispatch(monkeypatch):
+    """The table form without a gradient on CPU float32; torchvision's kernel where the features
+    need a gradient (its backward), in float64, and where the table would be too large."""
+    calls = []
+    real = roi_ops.roi_pool_table
+    monkeypatch.setattr(roi_ops, "roi_pool_table",
+                        lambda *a: calls.append("table") or real(*a))
+    monkeypatch.setattr(roi_ops, "tv_roi_pool", lambda *a: calls.append("torchvision"))
+    box = [torch.tensor([[0.0, 0.0, 32.0, 32.0]])]
+    roi_ops.roi_pool(torch.zeros(1, 2, 8, 8), box, 7, 1 / 16)
+    roi_ops.roi_pool(torch.zeros(1, 2, 8, 8, requires_grad=True), box, 7, 1 / 16)
+    roi_ops.roi_pool(torch.zeros(1, 2, 8, 8, dtype=torch.float64), box, 7, 1 / 16)
+    monkeypatch.setattr(roi_ops, "MAX_TABLE", 10)
+    roi_ops.roi_pool(torch.zeros(1, 2, 8, 8), box, 7, 1 / 16)
+    assert calls == ["table", "torchvision", "torchvision", "table", "torchvision"]

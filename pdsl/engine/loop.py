@@ -55,7 +55,12 @@ def build_optimizer(cfg, model):
                "lr": s.base_lr * s.bias_lr_factor, "weight_decay": s.weight_decay_bias}]
     groups = [g for g in groups if g["params"]]
     if s.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay)
+        # fused: one pass over each tensor instead of ~10 (an eighth of a 1-thread CPU step in the
+        # authors' recipe); a resumed run keeps the mode its checkpoint was saved with
+        fused = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+                    for _, p in named)
+        return torch.optim.AdamW(groups, lr=s.base_lr, weight_decay=s.weight_decay,
+                                 fused=fused or None)
     return torch.optim.SGD(groups, lr=s.base_lr, momentum=s.momentum, weight_decay=s.weight_decay)
 
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from torchvision.ops import roi_pool
-
-from .roi_ops import roi_align
+from .roi_ops import roi_align, roi_pool
 
 
 def channels_last_on_cpu(x: Tensor) -> Tensor:
@@ -22,6 +20,16 @@ def channels_last_on_cpu(x: Tensor) -> Tensor:
     if x.device.type == "cpu" and x.dim() == 4:
         return x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+def _scaled(x: Tensor, s: Tensor) -> Tensor:
+    """``x`` [K, C, P, P] (any memory layout) times ``s`` [K], contiguous: without a gradient in one
+    pass into a new tensor (the CPU RoIPool's channels-last view is laid out by it), the same
+    products as ``x.flatten(1) * s[:, None]``."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.flatten(1) * s[:, None]
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    return torch.mul(x, s.view(-1, 1, 1, 1), out=out)
 
 
 class BoxHead(nn.Module):
@@ -63,10 +71,10 @@ class BoxHead(nn.Module):
         else:
             x = roi_align(features, proposals, self.pool_size, self.spatial_scale,
                           sampling_ratio=2, aligned=True)
-        x = x.flatten(1)
         if self.score_scaling and proposal_scores is not None:
-            x = x * (torch.cat(proposal_scores).to(x.dtype) + 1)[:, None]
-        x = self.drop(torch.relu(self.fc6(x)))
+            x = _scaled(x, torch.cat(proposal_scores).to(x.dtype) + 1)
+        x = self.fc6(x.flatten(1))
+        x = self.drop(torch.relu(x))
         return self.drop(torch.relu(self.fc7(x)))
 
 
