@@ -320,3 +320,45 @@ def test_a_variant_runs_on_its_own_subset_of_the_seeds(data, tmp_path):
     bad = _spec(data, tmp_path / "b.yaml", {"probe": {"overrides": [], "seeds": [5]}})
     with pytest.raises(ConfigError, match="variants.probe.seeds must be"):
         G.load_spec(bad)
+
+
+def test_a_grid_resumes_from_its_results_file_alone(data, tmp_path, monkeypatch):
+    """The results file is rewritten after every cell; in a fresh out dir (another checkout, whose
+    runs/ is not committed) the cells it records are done, and only what it lacks is trained."""
+    spec = _spec(data, tmp_path / "g.yaml", {"base": []}, seeds=(0,))
+    res = tmp_path / "res" / "table"
+    G.run_grid(spec, tmp_path / "a", echo=lambda m: None, results=res)
+    first = json.loads(res.with_suffix(".json").read_text())
+    assert [(c["variant"], c["seed"]) for c in first["cells"]] == [("base", 0)]
+    assert first["cells"][0]["losses"] and res.with_suffix(".md").exists()
+
+    # the spec gains a seed: the recorded cell is restored, only the new one trains
+    spec = _spec(data, tmp_path / "g.yaml", {"base": []}, seeds=(0, 1))
+    import pdsl.engine.train as T
+    trained, real = [], T.train
+
+    def spy(*a, **k):
+        trained.append(k.get("overrides"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(T, "train", spy)
+    msgs = []
+    recs = G.run_grid(spec, tmp_path / "b", echo=msgs.append, results=res)
+    assert len(trained) == 1 and "train.seed=1" in trained[0]
+    assert any("1 cell(s) restored" in m for m in msgs)
+    back = next(r for r in recs if r["seed"] == 0)
+    assert back["metrics"] == first["cells"][0]["metrics"]
+    assert back["losses"] == first["cells"][0]["losses"]  # kept: its metrics.jsonl is not here
+    assert back["restored"].endswith("table.json")
+    assert [c["seed"] for c in json.loads(res.with_suffix(".json").read_text())["cells"]] == [0, 1]
+
+    # a record made with other overrides is not taken for this spec's cell
+    spec = _spec(data, tmp_path / "g.yaml", {"base": ["model.n_refine=0"]}, seeds=(0,))
+    assert G.restore_cells(G.load_spec(spec), tmp_path / "c", res) == []
+
+
+def test_a_broken_results_file_names_itself(data, tmp_path):
+    spec = _spec(data, tmp_path / "g.yaml", {"base": []}, seeds=(0,))
+    (tmp_path / "table.json").write_text('{"cells": 3}')
+    with pytest.raises(ConfigError, match="table.json: not a grid results file"):
+        G.run_grid(spec, tmp_path / "a", echo=lambda m: None, results=tmp_path / "table")

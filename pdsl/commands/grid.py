@@ -12,7 +12,9 @@ from .options import FILE, out_option, output_lock
                    "directions. See pipeline/grids/.")
 @out_option("Where the cells go: OUT/<variant>/seed<k>/ (run dir + cell.json).", folder=True)
 @click.option("--results", type=FILE, default=None,
-              help="Write RESULTS.json, .md and .png (table mean ± std over seeds, plot).")
+              help="Write RESULTS.json, .md and .png (table mean ± std over seeds, plot), "
+                   "rewritten after every finished cell. Cells recorded in RESULTS.json are "
+                   "done: commit it and the grid resumes from it in another checkout.")
 @click.option("--only", multiple=True, help="Run only this variant (repeatable).")
 @click.option("--jobs", type=click.IntRange(1), default=1, show_default=True,
               help="Cells trained at once (one process each).")
@@ -42,7 +44,7 @@ def grid_cmd(spec_path, out_dir, results, only, jobs, threads, title):
         from ..engine.grid import load_spec, markdown, run_grid, summarize, write_results
 
         recs = run_grid(spec_path, out_dir, only=only or None, jobs=jobs, threads=threads,
-                        echo=lambda m: click.echo(m, err=True))
+                        echo=lambda m: click.echo(m, err=True), results=results, title=title)
         if results:
             summary = write_results(spec_path, out_dir, results, title)
             click.echo(f"wrote {results}.json/.md/.png", err=True)

@@ -23,7 +23,10 @@ variant).
 Each (variant, seed) is a *cell*: ``OUT/<variant>/seed<k>/`` holds its run and ``cell.json``
 (its overrides and metrics). A cell with ``cell.json`` is never re-run; a cell whose spec
 changed since is refused (a finished result is never overwritten: use another ``--out``); an
-unfinished run resumes from its last checkpoint. :func:`summarize` writes the table.
+unfinished run resumes from its last checkpoint. :func:`summarize` writes the table. With a
+results path, the results files are rewritten after every finished cell and the cells they record
+count as done (:func:`restore_cells`): a long grid stopped in one checkout resumes in another from
+its committed results file (``runs/`` is not committed).
 
 Modules: :mod:`.spec` (the spec and its cells, what a finished cell records), :mod:`.run`
 (training and evaluating cells, the second stage's labels, scheduling), :mod:`.summary` (the
@@ -32,10 +35,11 @@ table over seeds and the results files), :mod:`.plot` (the bar chart).
 from __future__ import annotations
 
 from .plot import plot
-from .run import run_cell, run_grid
+from .run import restore_cells, run_cell, run_grid
 from .spec import COLUMNS, KINDS, Cell, GridError, cell_done, cells, load_spec
 from .summary import COMPARED, QUALITY, collect, final_losses, markdown, summarize, write_results
 
 __all__ = ["COLUMNS", "COMPARED", "KINDS", "QUALITY", "Cell", "GridError", "cell_done", "cells",
-           "collect", "final_losses", "load_spec", "markdown", "plot", "run_cell", "run_grid",
+           "collect", "final_losses", "load_spec", "markdown", "plot", "restore_cells", "run_cell",
+           "run_grid",
            "summarize", "write_results"]

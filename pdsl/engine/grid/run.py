@@ -13,7 +13,7 @@ from pathlib import Path
 from ...errors import ConfigError
 from ...io import write_json_atomic
 from .spec import COLUMNS, Cell, GridError, cell_done, cell_record, cells, load_spec
-from .summary import collect
+from .summary import collect, write_results
 
 
 def run_cell(cell: Cell, spec: dict, out: Path, threads: int | None = None) -> dict:
@@ -66,6 +66,10 @@ def _pseudo_labels(cell: Cell, spec: dict, out: Path):
     from ..pseudo_label import PseudoLabelParams, pseudo_label
 
     src = Cell(cell.source, cell.seed, "pdsl", ()).dir(out)
+    if (src / "cell.json").is_file() and "restored" in json.loads((src / "cell.json").read_text()):
+        raise ConfigError(f"{cell.variant} seed {cell.seed} labels with {src}, whose record was "
+                          f"restored from a results file without its run: train it again "
+                          f"(delete {src}) or bring its run back")
     if not (src / "cell.json").is_file():
         raise ConfigError(f"{cell.variant} seed {cell.seed} labels with {src}, which has not "
                           f"finished (no cell.json): run its variant '{cell.source}' first")
@@ -97,17 +101,54 @@ def _run_cell_job(args):
     return run_cell(cell, spec, out, threads)
 
 
+def restore_cells(spec: dict, out: Path, results) -> list[Cell]:
+    """The cells recorded in ``RESULTS.json`` (a results file written by an earlier run of this
+    grid, e.g. committed in another checkout) that ``out`` lacks: their records are written back
+    as ``cell.json`` (marked ``restored``), so that a grid resumes from its results file alone.
+    A record made with another spec (other overrides or inputs) is left alone."""
+    path = Path(results).with_suffix(".json")
+    if not path.is_file():
+        return []
+    try:
+        recorded = {(r["variant"], r["seed"]): r for r in json.loads(path.read_text())["cells"]}
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a grid results file ({e}); move it away to start the "
+                          f"grid afresh") from None
+    restored = []
+    for c in cells(spec):
+        rec = recorded.get((c.variant, c.seed))
+        if rec is None or (c.dir(out) / "cell.json").exists():
+            continue
+        if any(rec.get(k) != v for k, v in cell_record(c, spec).items()):
+            continue
+        c.dir(out).mkdir(parents=True, exist_ok=True)
+        write_json_atomic({**rec, "restored": str(path)}, c.dir(out) / "cell.json", indent=2)
+        restored.append(c)
+    return restored
+
+
 def run_grid(spec_path, out, only=None, jobs: int = 1, threads: int | None = None,
-             echo=print) -> list[dict]:
-    """Run every unfinished cell (``jobs`` at a time, each with ``threads`` torch threads)."""
+             echo=print, results=None, title: str = "") -> list[dict]:
+    """Run every unfinished cell (``jobs`` at a time, each with ``threads`` torch threads).
+
+    With ``results`` (the RESULTS path of :func:`write_results`), the cells recorded there are
+    done (:func:`restore_cells`) and the results files are rewritten after every finished cell,
+    so that a stopped grid leaves its table so far and resumes from it."""
     spec = load_spec(spec_path)
     out = Path(out)
+    if results:
+        back = restore_cells(spec, out, results)
+        if back:
+            echo(f"grid: {len(back)} cell(s) restored from {Path(results).with_suffix('.json')} "
+                 f"(their records; their runs are not here)")
     todo = [c for c in cells(spec, only) if not cell_done(c, spec, out)]
     echo(f"grid {spec_path}: {len(cells(spec, only)) - len(todo)} cells done, {len(todo)} to run "
          f"-> {out}")
     failed = []
 
     def report(k, c, rec=None, err=None):
+        if err is None and results:
+            write_results(spec_path, out, results, title)
         if err is not None:
             failed.append(f"{c.variant} seed {c.seed}: {err}")
             echo(f"[{k}/{len(todo)}] FAILED {c.variant} seed {c.seed}: {err} "

@@ -25,8 +25,9 @@ def collect(spec: dict, out: Path, only=None) -> list[dict]:
         if cell_done(c, spec, Path(out)):
             rec = json.loads((c.dir(out) / "cell.json").read_text())
             means = final_losses(c.dir(out) / "metrics.jsonl", prefix=("loss_", "diag_"))
-            rec["losses"] = {k: v for k, v in means.items() if k.startswith("loss_")}
-            rec["diagnostics"] = {k: v for k, v in means.items() if k.startswith("diag_")}
+            if means or "restored" not in rec:  # a restored record keeps its own (no run here)
+                rec["losses"] = {k: v for k, v in means.items() if k.startswith("loss_")}
+                rec["diagnostics"] = {k: v for k, v in means.items() if k.startswith("diag_")}
             recs.append(rec)
     return recs
 
