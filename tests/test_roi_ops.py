@@ -89,6 +89,10 @@ def test_roi_pool_table_equals_torchvision(seed):
     f, boxes, scale = _pool_case(seed)
     got = roi_ops.roi_pool_table(f, boxes, 7, scale)
     assert got is not None and torch.equal(got, tv_pool(f, boxes, 7, scale))
+    s = torch.rand(got.shape[0], generator=torch.Generator().manual_seed(seed)) + 1
+    scaled = roi_ops.roi_pool(f, boxes, 7, scale, s)
+    assert scaled.is_contiguous() and torch.equal(scaled, tv_pool(f, boxes, 7, scale)
+                                                  * s[:, None, None, None])
 
 
 def test_roi_pool_bins_round_half_away_from_zero():
@@ -101,9 +105,31 @@ def test_roi_pool_bins_round_half_away_from_zero():
     assert hs.tolist() == [[2, 4]] and he.tolist() == [[5, 7]]
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_roi_pool_table_gradient_equals_torchvision(seed):
+    """Each bin's gradient reaches the same cell as in torchvision's backward, also among equal
+    maxima (rows of zeros, ReLU): float64, so any difference is a different cell, not rounding."""
+    f, boxes, scale = _pool_case(seed)
+    f = f.double().requires_grad_()
+    boxes = [b.double() for b in boxes]
+    a = tv_pool(f, boxes, 7, scale)
+    b = roi_ops.roi_pool_table(f, boxes, 7, scale)
+    assert torch.equal(a, b) and b.is_contiguous()
+    # with a per-RoI factor (BoxHead's score scaling), applied in the same pass
+    s = torch.rand(a.shape[0], generator=torch.Generator().manual_seed(seed), dtype=a.dtype) + 1
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    ga, = torch.autograd.grad(tv_pool(f, boxes, 7, scale) * s[:, None, None, None], f, g)
+    gb, = torch.autograd.grad(roi_ops.roi_pool_table(f, boxes, 7, scale, s), f, g)
+    assert torch.allclose(ga, gb, atol=1e-12, rtol=0)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(seed), dtype=a.dtype)
+    ga, = torch.autograd.grad(a, f, g)
+    gb, = torch.autograd.grad(b, f, g)
+    assert torch.allclose(ga, gb, atol=1e-12, rtol=0)
+
+
 def test_roi_pool_dispatch(monkeypatch):
-    """The table form without a gradient on CPU float32; torchvision's kernel where the features
-    need a gradient (its backward), in float64, and where the table would be too large."""
+    """The table form on CPU float32 (with or without a gradient); torchvision's kernel in float64
+    and where the table would be too large."""
     calls = []
     real = roi_ops.roi_pool_table
     monkeypatch.setattr(roi_ops, "roi_pool_table",
@@ -115,4 +141,4 @@ def test_roi_pool_dispatch(monkeypatch):
     roi_ops.roi_pool(torch.zeros(1, 2, 8, 8, dtype=torch.float64), box, 7, 1 / 16)
     monkeypatch.setattr(roi_ops, "MAX_TABLE", 10)
     roi_ops.roi_pool(torch.zeros(1, 2, 8, 8), box, 7, 1 / 16)
-    assert calls == ["table", "torchvision", "torchvision", "table", "torchvision"]
+    assert calls == ["table", "table", "torchvision", "table", "torchvision"]

@@ -22,16 +22,6 @@ def channels_last_on_cpu(x: Tensor) -> Tensor:
     return x
 
 
-def _scaled(x: Tensor, s: Tensor) -> Tensor:
-    """``x`` [K, C, P, P] (any memory layout) times ``s`` [K], contiguous: without a gradient in one
-    pass into a new tensor (the CPU RoIPool's channels-last view is laid out by it), the same
-    products as ``x.flatten(1) * s[:, None]``."""
-    if x.requires_grad and torch.is_grad_enabled():
-        return x.flatten(1) * s[:, None]
-    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    return torch.mul(x, s.view(-1, 1, 1, 1), out=out)
-
-
 class BoxHead(nn.Module):
     """RoIPool 7×7 → FC → ReLU → dropout → FC → ReLU → dropout (shared by WSDDN and the
     refinement heads). ``fc6_dim`` / ``hidden_dim`` are the two FC widths (the authors' code:
@@ -66,13 +56,15 @@ class BoxHead(nn.Module):
                 proposal_scores: list[Tensor] | None) -> Tensor:
         """features [B, Cf, h, w] (feature-map frame), proposals list of [P_i, 4] (resized-image
         frame), proposal_scores list of [P_i] or None → box features [ΣP_i, hidden_dim]."""
-        if self.pooler == "roipool":
-            x = roi_pool(features, proposals, self.pool_size, self.spatial_scale)
+        scale = None
+        if self.score_scaling and proposal_scores is not None:
+            scale = torch.cat(proposal_scores).to(features.dtype) + 1
+        if self.pooler == "roipool":  # the scaling in the pooling's last pass (see roi_ops)
+            x = roi_pool(features, proposals, self.pool_size, self.spatial_scale, scale)
         else:
             x = roi_align(features, proposals, self.pool_size, self.spatial_scale,
                           sampling_ratio=2, aligned=True)
-        if self.score_scaling and proposal_scores is not None:
-            x = _scaled(x, torch.cat(proposal_scores).to(x.dtype) + 1)
+            x = x if scale is None else x * scale[:, None, None, None]
         x = self.fc6(x.flatten(1))
         x = self.drop(torch.relu(x))
         return self.drop(torch.relu(self.fc7(x)))

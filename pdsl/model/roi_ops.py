@@ -1,6 +1,6 @@
 """RoIAlign and RoIPool on the CPU, faster than torchvision's kernels there, with the same results.
 
-RoIPool (forward only, :func:`roi_pool`): see :func:`roi_pool_table`.
+RoIPool (:func:`roi_pool`): see :func:`roi_pool_table`.
 
 RoIAlign:
 
@@ -116,7 +116,7 @@ MAX_TABLE = 1 << 24
 
 
 def _round_half_away(v: Tensor) -> Tensor:
-    """C's ``round`` (half away from zero) of a float32 tensor, exactly (in float64), as long."""
+    """C's ``round`` (half away from zero), exactly (in float64), as long."""
     v = v.double()
     r = torch.trunc(v)
     return (r + torch.where((v - r).abs() >= 0.5, torch.sign(v), torch.zeros_like(v))).long()
@@ -124,17 +124,18 @@ def _round_half_away(v: Tensor) -> Tensor:
 
 @torch.no_grad()
 def roi_pool_bins(rois: Tensor, output_size: int, spatial_scale: float, height: int,
-                  width: int):
+                  width: int, dtype: torch.dtype = torch.float32):
     """torchvision's RoIPool bins of ``rois`` [K, 4] (float32, x1y1x2y2): (h_start, h_end) [K, P]
     and (w_start, w_end) [K, P], half-open cell ranges clipped to the map, computed in float32
-    as its CPU kernel does (rounded box corners, ``floor``/``ceil`` of ``p · bin``)."""
+    as its CPU kernel does for float32 maps (rounded box corners, ``floor``/``ceil`` of
+    ``p · bin``; in ``dtype``, the map's, as its kernel computes in the map's type)."""
     P = int(output_size)
-    corners = _round_half_away(rois.float() * torch.tensor(spatial_scale, dtype=torch.float32))
+    corners = _round_half_away(rois.to(dtype) * torch.tensor(spatial_scale, dtype=dtype))
     x1, y1, x2, y2 = corners.unbind(1)
-    p = torch.arange(P, dtype=torch.float32, device=rois.device)
+    p = torch.arange(P, dtype=dtype, device=rois.device)
 
     def axis(start, end, n):
-        size = (end - start + 1).clamp(min=1).float() / torch.tensor(float(P))    # float32 bin
+        size = (end - start + 1).clamp(min=1).to(dtype) / torch.tensor(float(P), dtype=dtype)
         lo = torch.floor(p[None] * size[:, None]).long() + start[:, None]
         hi = torch.ceil((p[None] + 1) * size[:, None]).long() + start[:, None]
         return lo.clamp(0, n), hi.clamp(0, n)
@@ -142,68 +143,145 @@ def roi_pool_bins(rois: Tensor, output_size: int, spatial_scale: float, height: 
     return axis(y1, y2, height), axis(x1, x2, width)
 
 
-def _extent_table(x: Tensor, eh: int, ew: int) -> Tensor:
+def _extent_table(x: Tensor, eh: int, ew: int, argmax: bool = False):
     """[eh·ew·B·H·W + 1, C]: row ((a·ew + b)·B + i)·H·W + h·W + w is the maximum of image i of
     ``x`` [B, H, W, C] over rows h..h+a and columns w..w+b; the last row is zeros (empty bins).
-    Rows of ranges past the map's edge are left unset: no bin reads them."""
+    Rows of ranges past the map's edge are left unset: no bin reads them. With ``argmax``, also
+    the cell (h·W + w, int32) each maximum comes from: the first in row-major order among equal
+    maxima, as torchvision's scan (a strict ``>`` over rows, then columns) picks it."""
     B, H, W, C = x.shape
     flat = x.new_empty(eh * ew * B * H * W + 1, C)
     flat[-1] = 0
     table = flat[:-1].view(eh, ew, B, H, W, C)
     table[0, 0] = x
+    if argmax:
+        iflat = torch.zeros(flat.shape, dtype=torch.int32, device=x.device)
+        itab = iflat[:-1].view(eh, ew, B, H, W, C)
+        itab[0, 0] = (torch.arange(H * W, dtype=torch.int32, device=x.device)
+                      .view(1, H, W, 1).expand(B, H, W, C))
     for a in range(1, eh):  # one more row: the previous extent's maximum with row h + a
-        torch.maximum(table[a - 1, 0, :, :H - a], x[:, a:], out=table[a, 0, :, :H - a])
-    for b in range(1, ew):
-        torch.maximum(table[:, b - 1, :, :, :W - b], table[:, 0, :, :, b:],
-                      out=table[:, b, :, :, :W - b])
-    return flat
+        old, new = table[a - 1, 0, :, :H - a], x[:, a:]
+        if argmax:  # the later row wins only if larger (ties keep the earlier row)
+            itab[a, 0, :, :H - a] = torch.where(new > old, itab[0, 0, :, a:], itab[a - 1, 0, :, :H - a])
+        torch.maximum(old, new, out=table[a, 0, :, :H - a])
+    for b in range(1, ew):  # one more column: ties take the smaller (row-major) cell
+        old, new = table[:, b - 1, :, :, :W - b], table[:, 0, :, :, b:]
+        if argmax:
+            i_old, i_new = itab[:, b - 1, :, :, :W - b], itab[:, 0, :, :, b:]
+            itab[:, b, :, :, :W - b] = torch.where(
+                new > old, i_new, torch.where(new == old, torch.minimum(i_old, i_new), i_old))
+        torch.maximum(old, new, out=table[:, b, :, :, :W - b])
+    return (flat, iflat) if argmax else flat
+
+
+def _bin_rows(features: Tensor, boxes: list[Tensor], P: int, spatial_scale: float):
+    """Each bin's row of the extent table, [K, P, P] (the zero row for empty bins), and the
+    table's extents (EH, EW); None where the table would exceed ``MAX_TABLE`` cells."""
+    B, C, H, W = features.shape
+    rois = torch.cat([b.to(features.dtype) for b in boxes])
+    image = torch.repeat_interleave(torch.arange(B, device=rois.device),
+                                    torch.tensor([b.shape[0] for b in boxes], device=rois.device))
+    (hs, he), (ws, we) = roi_pool_bins(rois, P, spatial_scale, H, W, features.dtype)
+    eh, ew = (he - hs).clamp(min=1), (we - ws).clamp(min=1)
+    EH, EW = int(eh.max()), int(ew.max())
+    if EH * EW * B * H * W * C > MAX_TABLE:
+        return None
+    row = ((((eh - 1)[:, :, None] * EW + (ew - 1)[:, None, :]) * B + image[:, None, None]) * H
+           + hs.clamp(max=H - 1)[:, :, None]) * W + ws.clamp(max=W - 1)[:, None, :]
+    empty = (he <= hs)[:, :, None] | (we <= ws)[:, None, :]
+    return torch.where(empty, EH * EW * B * H * W, row), EH, EW
+
+
+def _laid_out(pooled: Tensor, row_scale: Tensor | None) -> Tensor:
+    """[K, P·P, C] bins (the gather's order) → [K, C, P, P] contiguous, times ``row_scale`` [K]
+    when given: the transpose and the product in one pass."""
+    K, PP, C = pooled.shape
+    P = int(round(PP ** 0.5))
+    out = pooled.new_empty(K, C, PP)
+    if row_scale is None:
+        out.copy_(pooled.transpose(1, 2))
+    else:
+        torch.mul(pooled.transpose(1, 2), row_scale.view(-1, 1, 1), out=out)
+    return out.view(K, C, P, P)
+
+
+class _RoIPoolTable(torch.autograd.Function):
+    """The table form with a gradient: each bin's gradient goes to its maximum's cell (the cell
+    torchvision's backward gives it), summed per table row first, then scattered to the map."""
+
+    @staticmethod
+    def forward(ctx, features, row, EH, EW, row_scale):
+        B, C, H, W = features.shape
+        table, cell = _extent_table(features.detach().permute(0, 2, 3, 1), EH, EW, argmax=True)
+        ctx.save_for_backward(row, cell, row_scale)
+        ctx.shape = (B, C, H, W)
+        K, P = row.shape[0], row.shape[1]
+        return _laid_out(table.index_select(0, row.reshape(-1)).view(K, P * P, C),
+                         row_scale if row_scale.numel() else None)
+
+    @staticmethod
+    def backward(ctx, grad):
+        row, cell, row_scale = ctx.saved_tensors
+        B, C, H, W = ctx.shape
+        K, P = row.shape[0], row.shape[1]
+        used, inv = torch.unique(row.reshape(-1), return_inverse=True)
+        g = grad.new_empty(K, P * P, C)  # the bins' gradients in the table's layout (one pass)
+        gt = grad.reshape(K, C, P * P).transpose(1, 2)
+        if row_scale.numel():
+            torch.mul(gt, row_scale.view(-1, 1, 1), out=g)
+        else:
+            g.copy_(gt)
+        per_row = g.new_zeros(used.shape[0], C).index_add_(0, inv, g.view(K * P * P, C))
+        keep = used < cell.shape[0] - 1                                   # not the zero row
+        used, per_row = used[keep], per_row[keep]
+        image = (used // (H * W)) % B
+        target = cell.index_select(0, used).long() + (image * H * W)[:, None]
+        out = grad.new_zeros(B * H * W, C).scatter_add_(0, target, per_row)
+        return out.view(B, H, W, C).permute(0, 3, 1, 2), None, None, None, None
 
 
 def roi_pool_table(features: Tensor, boxes: list[Tensor], output_size: int,
-                   spatial_scale: float) -> Tensor | None:
-    """torchvision's ``roi_pool(features, boxes, output_size, spatial_scale)`` without a gradient,
-    or None where the table would be too large (``MAX_TABLE``).
+                   spatial_scale: float, row_scale: Tensor | None = None) -> Tensor | None:
+    """torchvision's ``roi_pool(features, boxes, output_size, spatial_scale)`` (times
+    ``row_scale`` [K] per RoI when given), contiguous; None where the table would be too large
+    (``MAX_TABLE``).
 
     Every bin is a rectangle of whole feature cells (:func:`roi_pool_bins`) whose height and width
     are at most a few cells. The maxima of every rectangle of each height and width that occurs
     are tabulated once per batch (:func:`_extent_table`, channels last) and each bin reads its
     row: one gather instead of torchvision's serial scan of every bin's cells for every RoI and
     channel. Maxima are exact, so the values equal torchvision's; empty bins are 0 as there.
-    The result is a channels-last view (strides of [K, P, P, C]): the caller's next elementwise
-    pass (``BoxHead``'s score scaling) writes it in its own layout, with no copy before."""
+    The gather's channels-last rows are laid out and scaled in one pass. With a gradient
+    (:class:`_RoIPoolTable`), each bin's gradient reaches the cell of its maximum, the first in
+    row-major order among equal ones, as in torchvision's backward."""
     B, C, H, W = features.shape
     P = int(output_size)
-    K = sum(b.shape[0] for b in boxes)
-    if K == 0:
-        return features.new_zeros(0, C, P, P)
-    rois = torch.cat([b.to(torch.float32) for b in boxes])
-    image = torch.repeat_interleave(torch.arange(B, device=rois.device),
-                                    torch.tensor([b.shape[0] for b in boxes], device=rois.device))
-    (hs, he), (ws, we) = roi_pool_bins(rois, P, spatial_scale, H, W)
-    eh, ew = (he - hs).clamp(min=1), (we - ws).clamp(min=1)
-    EH, EW = int(eh.max()), int(ew.max())
-    if EH * EW * B * H * W * C > MAX_TABLE:
+    if sum(b.shape[0] for b in boxes) == 0:
+        return features.new_zeros(0, C, P, P) * features.sum()  # in the graph when it needs one
+    bins = _bin_rows(features, boxes, P, spatial_scale)
+    if bins is None:
         return None
-    row = ((((eh - 1)[:, :, None] * EW + (ew - 1)[:, None, :]) * B + image[:, None, None]) * H
-           + hs.clamp(max=H - 1)[:, :, None]) * W + ws.clamp(max=W - 1)[:, None, :]   # [K, P, P]
-    empty = (he <= hs)[:, :, None] | (we <= ws)[:, None, :]
-    row = torch.where(empty, EH * EW * B * H * W, row)                   # the zero row
+    row, EH, EW = bins
+    if features.requires_grad and torch.is_grad_enabled():
+        none = features.new_empty(0)
+        return _RoIPoolTable.apply(features, row, EH, EW,
+                                   none if row_scale is None else row_scale.detach())
     table = _extent_table(features.detach().permute(0, 2, 3, 1), EH, EW)
-    out = table.index_select(0, row.reshape(-1)).view(K, P, P, C)
-    return out.permute(0, 3, 1, 2)  # [K, C, P, P], channels last: the caller's next pass lays it out
+    return _laid_out(table.index_select(0, row.reshape(-1)).view(row.shape[0], P * P, C),
+                     row_scale)
 
 
-def roi_pool(features: Tensor, boxes: list[Tensor], output_size: int,
-             spatial_scale: float) -> Tensor:
-    """RoIPool of a list of per-image boxes: the table form (:func:`roi_pool_table`) on CPU
-    float32 features that need no gradient (a frozen backbone, inference), torchvision's kernel
-    otherwise (its backward, CUDA)."""
-    if (features.device.type == "cpu" and features.dtype == torch.float32
-            and not (features.requires_grad and torch.is_grad_enabled())):
-        out = roi_pool_table(features, boxes, output_size, spatial_scale)
+def roi_pool(features: Tensor, boxes: list[Tensor], output_size: int, spatial_scale: float,
+             row_scale: Tensor | None = None) -> Tensor:
+    """RoIPool of a list of per-image boxes, times ``row_scale`` [ΣK] per RoI when given (no
+    gradient to it): the table form (:func:`roi_pool_table`) on CPU float32 features,
+    torchvision's kernel otherwise (CUDA, other dtypes, maps too large)."""
+    if features.device.type == "cpu" and features.dtype == torch.float32:
+        out = roi_pool_table(features, boxes, output_size, spatial_scale, row_scale)
         if out is not None:
             return out
-    return tv_roi_pool(features, boxes, output_size, spatial_scale)
+    out = tv_roi_pool(features, boxes, output_size, spatial_scale)
+    return out if row_scale is None else out * row_scale.detach().view(-1, 1, 1, 1)
 
 
 __all__ = ["MAX_CELLS", "MAX_TABLE", "roi_align", "roi_align_matrix", "roi_pool",
