@@ -69,8 +69,9 @@ for line in sys.stdin:
 '''
 
 
-def make_batches(config, overrides, n, path):
-    """``n`` training batches of the config (synthetic set, cached cues), saved for both sides."""
+def make_batches(config, overrides, n, path, manifest=None, cues=None):
+    """``n`` training batches of the config (a generated 16-image synthetic set with its cues, or
+    ``manifest`` and its ``cues``), saved for both sides."""
     import torch
 
     sys.path.insert(0, str(ROOT))
@@ -83,10 +84,13 @@ def make_batches(config, overrides, n, path):
 
     cfg = load_config(config, overrides)
     tmp = Path(path).parent
-    m = generate(tmp / "train.json", "train", 16, seed=0)
-    cache_cues(str(m.path), "builtin", str(tmp / "cues.h5"), workers=2, log=lambda s: None)
-    manifest = load_manifest(str(m.path))
-    ds = TrainDataset(manifest, CueStore(str(tmp / "cues.h5")), cfg, seed=0, verbose=False)
+    if manifest is None:
+        m = generate(tmp / "train.json", "train", 16, seed=0)
+        cues = str(tmp / "cues.h5")
+        cache_cues(str(m.path), "builtin", cues, workers=2, log=lambda s: None)
+        manifest = m.path
+    manifest = load_manifest(str(manifest))
+    ds = TrainDataset(manifest, CueStore(str(cues)), cfg, seed=0, verbose=False)
     collate = Collate(cfg.input.size_divisibility)
     k = cfg.solver.images_per_gpu
     batches = []
@@ -107,7 +111,8 @@ def profile(a, overrides):
 
     torch.set_num_threads(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        make_batches(ROOT / a.config, overrides, a.batches, Path(tmp) / "b.pt")
+        make_batches(ROOT / a.config, overrides, a.batches, Path(tmp) / "b.pt", a.manifest,
+                     a.cues)
         data = torch.load(Path(tmp) / "b.pt", weights_only=False)
     cfg = load_config(ROOT / a.config, overrides)
     torch.manual_seed(0)
@@ -146,8 +151,14 @@ def main():
     ap.add_argument("--profile", type=int, default=0,
                     help="instead: profile this many steps of this checkout with torch.profiler "
                          "and print the ops by self CPU time")
+    ap.add_argument("--manifest", help="batches from this manifest and --cues (e.g. the demo's "
+                    "data/synthetic/train.json and data/cues/synthetic/train/cues.h5: its real "
+                    "proposal and mask counts) instead of a generated 16-image set")
+    ap.add_argument("--cues", help="the cue cache of --manifest")
     ap.add_argument("overrides", nargs="*")
     a = ap.parse_args()
+    if (a.manifest is None) != (a.cues is None):
+        ap.error("--manifest and --cues go together")
     overrides = []
     if a.grid_overrides:
         import yaml
@@ -166,7 +177,8 @@ def main():
         subprocess.run(["tar", "-x", "-C", str(base_root)], input=arch, check=True)
         rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.base],
                              capture_output=True, text=True, check=True).stdout.strip()
-        make_batches(ROOT / a.config, overrides, a.batches, tmp / "batches.pt")
+        make_batches(ROOT / a.config, overrides, a.batches, tmp / "batches.pt", a.manifest,
+                     a.cues)
         sides = {}
         for name, root in (("base", base_root), ("head", ROOT)):
             p = subprocess.Popen([sys.executable, "-c", WORKER, str(root), str(tmp / "batches.pt"),
