@@ -362,3 +362,19 @@ def test_a_broken_results_file_names_itself(data, tmp_path):
     (tmp_path / "table.json").write_text('{"cells": 3}')
     with pytest.raises(ConfigError, match="table.json: not a grid results file"):
         G.run_grid(spec, tmp_path / "a", echo=lambda m: None, results=tmp_path / "table")
+
+
+def test_the_main_job_config_is_the_long_grids_m0_cell():
+    """pipeline/config.yaml trains pipeline/configs/demo-authors-m0.yaml; the long grid's n_m0
+    cells (demo.yaml + the authors' recipe + n_m = 0) are its three seeds, so the two must
+    resolve to the same config (up to the pretrained backbone the workflow passes, and the seed)."""
+    from pdsl.config import load_config, to_dict
+
+    workflow = yaml.safe_load(open("pipeline/config.yaml"))
+    assert workflow["train"]["config"] == "pipeline/configs/demo-authors-m0.yaml"
+    spec = G.load_spec("pipeline/grids/ablation-long.yaml")
+    for c in (c for c in G.cells(spec) if c.variant == "n_m0"):
+        cell = to_dict(load_config(spec["train"]["config"], [
+            o for o in c.overrides if not o.startswith("model.pretrained=")]))
+        main = to_dict(load_config(workflow["train"]["config"], [f"train.seed={c.seed}"]))
+        assert cell == main
