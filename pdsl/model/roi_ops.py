@@ -216,8 +216,7 @@ class _RoIPoolTable(torch.autograd.Function):
         ctx.save_for_backward(row, cell, row_scale)
         ctx.shape = (B, C, H, W)
         K, P = row.shape[0], row.shape[1]
-        return _laid_out(table.index_select(0, row.reshape(-1)).view(K, P * P, C),
-                         row_scale if row_scale.numel() else None)
+        return _laid_out(table.index_select(0, row.reshape(-1)).view(K, P * P, C), row_scale)
 
     @staticmethod
     def backward(ctx, grad):
@@ -227,7 +226,7 @@ class _RoIPoolTable(torch.autograd.Function):
         used, inv = torch.unique(row.reshape(-1), return_inverse=True)
         g = grad.new_empty(K, P * P, C)  # the bins' gradients in the table's layout (one pass)
         gt = grad.reshape(K, C, P * P).transpose(1, 2)
-        if row_scale.numel():
+        if row_scale is not None:
             torch.mul(gt, row_scale.view(-1, 1, 1), out=g)
         else:
             g.copy_(gt)
@@ -263,9 +262,8 @@ def roi_pool_table(features: Tensor, boxes: list[Tensor], output_size: int,
         return None
     row, EH, EW = bins
     if features.requires_grad and torch.is_grad_enabled():
-        none = features.new_empty(0)
         return _RoIPoolTable.apply(features, row, EH, EW,
-                                   none if row_scale is None else row_scale.detach())
+                                   None if row_scale is None else row_scale.detach())
     table = _extent_table(features.detach().permute(0, 2, 3, 1), EH, EW)
     return _laid_out(table.index_select(0, row.reshape(-1)).view(row.shape[0], P * P, C),
                      row_scale)
